@@ -1,0 +1,106 @@
+"""The whole cluster: network, storage, nodes, kubeadm, CNI and workloads, wired in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_libvirt as libvirt
+
+from components import render, ssh
+from components.cni import Cni, CniArgs
+from components.config import ClusterConfig
+from components.kubeadm import ControlPlane, ControlPlaneArgs, WorkerJoin, WorkerJoinArgs
+from components.network import ClusterNetwork, ClusterNetworkArgs
+from components.node import Node, NodeArgs
+from components.storage import ImageStore, ImageStoreArgs
+from components.workloads import Workloads, WorkloadsArgs
+
+
+@dataclass(frozen=True)
+class ClusterArgs:
+    config: ClusterConfig
+
+
+class Cluster(pulumi.ComponentResource):
+    kubeconfig: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ClusterArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("kube-on-air:cluster:Cluster", name, None, opts)
+        config = args.config
+        private_key = pulumi.Output.secret(config.read_private_key())
+        self.libvirt = libvirt.Provider(f"{name}-libvirt", uri=config.libvirt_uri, opts=pulumi.ResourceOptions(parent=self))
+        on_host = pulumi.ResourceOptions(parent=self, providers=[self.libvirt])
+        self.network = ClusterNetwork(f"{name}-network", ClusterNetworkArgs(config), on_host)
+        self.store = ImageStore(f"{name}-images", ImageStoreArgs(config), on_host)
+        self.nodes = {
+            spec.name: Node(
+                spec.name,
+                NodeArgs(
+                    config=config,
+                    spec=spec,
+                    pool_name=self.store.pool.name,
+                    base_volume_id=self.store.base_image.id,
+                    network_id=self.network.network.id,
+                    private_key=private_key,
+                ),
+                on_host,
+            )
+            for spec in config.nodes
+        }
+        cp = config.control_plane
+        self.control_plane = ControlPlane(
+            f"{name}-control-plane",
+            ControlPlaneArgs(config=config, node_ready=self.nodes[cp.name].ready, private_key=private_key),
+            pulumi.ResourceOptions(parent=self),
+        )
+        self.joins = [
+            WorkerJoin(
+                f"{spec.name}-kubeadm",
+                WorkerJoinArgs(
+                    config=config,
+                    spec=spec,
+                    node_ready=self.nodes[spec.name].ready,
+                    control_plane=self.control_plane,
+                    private_key=private_key,
+                ),
+                pulumi.ResourceOptions(parent=self),
+            )
+            for spec in config.workers
+        ]
+        self.kubeconfig = self.control_plane.kubeconfig
+        self.kubernetes = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            enable_server_side_apply=True,
+            # A destroyed or unreachable cluster must not block `pulumi destroy`.
+            delete_unreachable=True,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(self.joins)),
+        )
+        self.cni = Cni(f"{name}-cni", CniArgs(config, self.kubernetes), pulumi.ResourceOptions(parent=self))
+        self.workloads: Optional[Workloads] = None
+        if config.workloads:
+            self.workloads = Workloads(
+                f"{name}-workloads",
+                WorkloadsArgs(config, self.kubernetes),
+                pulumi.ResourceOptions(parent=self, depends_on=[self.cni]),
+            )
+        self.register_outputs({"kubeconfig": self.kubeconfig, "api_endpoint": config.api_endpoint})
+
+
+def node_table(config: ClusterConfig) -> list[dict[str, str]]:
+    return [
+        {"name": n.name, "role": n.role, "ip": n.ip, "fqdn": config.fqdn(n), "domain": n.libvirt_name}
+        for n in config.nodes
+    ]
+
+
+def export_outputs(config: ClusterConfig, cluster: Cluster) -> None:
+    pulumi.export("kubeconfig", cluster.kubeconfig)
+    pulumi.export("apiEndpoint", config.api_endpoint)
+    pulumi.export("nodes", node_table(config))
+    pulumi.export("sshCommands", {n.name: ssh.ssh_command(config, n) for n in config.nodes})
+    pulumi.export("hostsSnippet", render.hosts_snippet(config))
+    pulumi.export("network", {"name": config.network_name, "bridge": config.bridge_name, "cidr": config.network_cidr})

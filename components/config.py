@@ -1,0 +1,434 @@
+"""Stack configuration: read every key, validate all of it, return one frozen object.
+
+Pulumi's mock runtime does not apply `Pulumi.yaml` defaults, so the defaults live here too
+(`DEFAULTS`); a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Optional, TypeVar
+
+NAMESPACE = "kube-on-air"
+
+CONTROL_PLANE = "control-plane"
+WORKER = "worker"
+
+SUPPORTED_CNIS = ("kube-router", "calico")
+SUPPORTED_WORKLOADS = ("kuard", "dnstools", "connectivity-check")
+DOMAIN_TYPES = ("kvm", "qemu")
+# kubeadm's v1beta4 config API exists from 1.31; kubernetes-validate ships schemas up to 1.37.
+MIN_KUBERNETES_MINOR = 31
+MAX_KUBERNETES_MINOR = 37
+# kubeadm preflight refuses a control plane below these.
+KUBEADM_MIN_VCPU = 2
+KUBEADM_MIN_MEMORY_MIB = 1700
+MAX_BRIDGE_NAME = 15  # Linux IFNAMSIZ - 1
+
+DEFAULT_IMAGE = (
+    "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2"
+)
+
+# Key -> default. "{stack}" is replaced by the stack name.
+DEFAULTS: dict[str, str] = {
+    "networkCidr": "172.31.255.0/24",
+    "dnsDomain": "{stack}.internal",
+    "resourcePrefix": "{stack}-",
+    "controlPlanePrefix": "head",
+    "workerPrefix": "work",
+    "controlPlaneId": "10",
+    "firstWorkerId": "11",
+    "workerCount": "3",
+    "controlPlaneVcpu": "2",
+    "controlPlaneMemoryMiB": "2048",
+    "workerVcpu": "1",
+    "workerMemoryMiB": "1536",
+    "diskGiB": "20",
+    "podCidr": "10.244.0.0/16",
+    "serviceCidr": "10.96.0.0/12",
+    "kubernetesVersion": "1.34.2",
+    "cni": "kube-router",
+    "workloads": '["kuard", "dnstools", "connectivity-check"]',
+    "imageSource": DEFAULT_IMAGE,
+    "prebaked": "false",
+    "keepBaseImage": "false",
+    "sshKeyPath": "~/.ssh/kube-on-air_ed25519",
+    "sshUser": "kube",
+    "domainType": "kvm",
+    "poolPath": "/var/lib/libvirt/images/kube-on-air-{stack}",
+}
+DEFAULT_LIBVIRT_URI = "qemu:///system"
+
+_DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DNS_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_VERSION = re.compile(r"^1\.(\d+)\.(\d+)$")
+_PREFIX = re.compile(r"^([a-z0-9][a-z0-9-]*)?$")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    key: str
+    value: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"  {NAMESPACE}:{self.key} = {self.value!r}: {self.fix}"
+
+
+class ConfigError(Exception):
+    """Every problem found in the stack config, reported together."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        lines = "\n".join(str(p) for p in problems)
+        super().__init__(
+            f"invalid stack configuration ({len(problems)} problem(s)); "
+            f"fix with `pulumi config set <key> <value>`:\n{lines}"
+        )
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str  # hostname and Kubernetes node name, e.g. head10
+    libvirt_name: str  # domain name on the host, prefixed per stack
+    role: str
+    node_id: int
+    ip: str
+    mac: str
+    vcpu: int
+    memory_mib: int
+
+    @property
+    def is_control_plane(self) -> bool:
+        return self.role == CONTROL_PLANE
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    stack: str
+    network_cidr: str
+    gateway: str
+    prefix_length: int
+    dns_domain: str
+    network_name: str
+    bridge_name: str
+    pool_name: str
+    pool_path: str
+    control_plane: NodeSpec
+    workers: tuple[NodeSpec, ...]
+    disk_gib: int
+    pod_cidr: str
+    service_cidr: str
+    kubernetes_version: str
+    cni: str
+    workloads: tuple[str, ...]
+    image_source: str
+    prebaked: bool
+    keep_base_image: bool
+    ssh_key_path: str
+    ssh_public_key: str
+    ssh_user: str
+    domain_type: str
+    libvirt_uri: str
+
+    @property
+    def nodes(self) -> tuple[NodeSpec, ...]:
+        return (self.control_plane, *self.workers)
+
+    @property
+    def kubernetes_minor(self) -> str:
+        major, minor, _ = self.kubernetes_version.split(".")
+        return f"{major}.{minor}"
+
+    @property
+    def api_endpoint(self) -> str:
+        return f"https://{self.control_plane.ip}:6443"
+
+    def fqdn(self, node: NodeSpec) -> str:
+        return f"{node.name}.{self.dns_domain}"
+
+    def read_private_key(self) -> str:
+        return Path(self.ssh_key_path).read_text()
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Reads raw string values and collects problems instead of raising on the first."""
+
+    def __init__(self, raw: Mapping[str, Optional[str]], stack: str) -> None:
+        self.raw = raw
+        self.stack = stack
+        self.problems: list[ConfigProblem] = []
+
+    def text(self, key: str) -> str:
+        value = self.raw.get(key)
+        if value is None:
+            value = DEFAULTS[key]
+        # Pulumi.yaml carries the same templated defaults, so expand wherever the value came from.
+        return value.replace("{stack}", self.stack)
+
+    def parse(self, key: str, parser: Callable[[str], T], fix: str, fallback: T) -> T:
+        value = self.text(key)
+        try:
+            return parser(value)
+        except (ValueError, TypeError):
+            self.problem(key, value, fix)
+            return fallback
+
+    def problem(self, key: str, value: object, fix: str) -> None:
+        self.problems.append(ConfigProblem(key, str(value), fix))
+
+
+def _int(value: str) -> int:
+    return int(value.strip())
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    raise ValueError(value)
+
+
+def _string_list(value: str) -> tuple[str, ...]:
+    parsed = json.loads(value)
+    if not isinstance(parsed, list) or not all(isinstance(item, str) for item in parsed):
+        raise ValueError(value)
+    return tuple(parsed)
+
+
+def _network(value: str) -> ipaddress.IPv4Network:
+    network = ipaddress.ip_network(value.strip(), strict=True)
+    if not isinstance(network, ipaddress.IPv4Network):
+        raise ValueError(value)
+    return network
+
+
+def deterministic_mac(stack: str, ip: ipaddress.IPv4Address) -> str:
+    """QEMU's OUI, one byte from the stack name, two from the address: stable across re-creation."""
+    stack_byte = hashlib.sha256(stack.encode()).digest()[0]
+    third, fourth = ip.packed[2], ip.packed[3]
+    return f"52:54:00:{stack_byte:02x}:{third:02x}:{fourth:02x}"
+
+
+def bridge_name_for(stack: str) -> str:
+    readable = f"koa-{stack}"
+    if len(readable) <= MAX_BRIDGE_NAME and re.fullmatch(r"[a-zA-Z0-9-]+", stack):
+        return readable
+    return "koa-" + hashlib.sha256(stack.encode()).hexdigest()[:MAX_BRIDGE_NAME - 4]
+
+
+def _check_range(reader: _Reader, key: str, value: int, low: int, high: int, fix: str) -> None:
+    if not low <= value <= high:
+        reader.problem(key, value, fix)
+
+
+def _node_address(
+    reader: _Reader, key: str, node_id: int, network: Optional[ipaddress.IPv4Network]
+) -> str:
+    if network is None:
+        return ""
+    address = network.network_address + node_id
+    gateway = network.network_address + 1
+    if address not in network or address in (network.network_address, network.broadcast_address):
+        reader.problem(
+            key, node_id, f"node address {address} is outside {network}'s usable hosts; pick an id in 2..{network.num_addresses - 2}"
+        )
+    elif address == gateway:
+        reader.problem(key, node_id, f"node address {address} is the network gateway; pick another id")
+    return str(address)
+
+
+def _read_network(reader: _Reader) -> Optional[ipaddress.IPv4Network]:
+    network = reader.parse(
+        "networkCidr", _network, "use an IPv4 network in CIDR form with host bits zero, e.g. 172.31.255.0/24", None
+    )
+    if network is not None and network.prefixlen > 28:
+        reader.problem("networkCidr", network, "use a prefix of /28 or larger so nodes fit")
+        return None
+    return network
+
+
+def _read_nodes(
+    reader: _Reader, network: Optional[ipaddress.IPv4Network]
+) -> tuple[Optional[NodeSpec], tuple[NodeSpec, ...]]:
+    cp_prefix = reader.text("controlPlanePrefix")
+    worker_prefix = reader.text("workerPrefix")
+    for key, prefix in (("controlPlanePrefix", cp_prefix), ("workerPrefix", worker_prefix)):
+        if not _DNS_LABEL.match(prefix + "1"):
+            reader.problem(key, prefix, "use lowercase letters, digits and '-', starting with a letter")
+    if cp_prefix == worker_prefix:
+        reader.problem("workerPrefix", worker_prefix, "must differ from controlPlanePrefix")
+    cp_id = reader.parse("controlPlaneId", _int, "use a whole number, e.g. 10", 10)
+    first_worker = reader.parse("firstWorkerId", _int, "use a whole number, e.g. 11", 11)
+    count = reader.parse("workerCount", _int, "use a whole number of workers, e.g. 3", 0)
+    _check_range(reader, "workerCount", count, 0, 200, "use 0..200 workers")
+    cp_vcpu = reader.parse("controlPlaneVcpu", _int, "use a whole number of vCPUs", KUBEADM_MIN_VCPU)
+    cp_mem = reader.parse("controlPlaneMemoryMiB", _int, "use a whole number of MiB", KUBEADM_MIN_MEMORY_MIB)
+    w_vcpu = reader.parse("workerVcpu", _int, "use a whole number of vCPUs", 1)
+    w_mem = reader.parse("workerMemoryMiB", _int, "use a whole number of MiB", 1024)
+    if cp_vcpu < KUBEADM_MIN_VCPU:
+        reader.problem("controlPlaneVcpu", cp_vcpu, f"kubeadm needs at least {KUBEADM_MIN_VCPU} vCPUs on the control plane")
+    if cp_mem < KUBEADM_MIN_MEMORY_MIB:
+        reader.problem(
+            "controlPlaneMemoryMiB", cp_mem, f"kubeadm needs at least {KUBEADM_MIN_MEMORY_MIB} MiB on the control plane"
+        )
+    _check_range(reader, "workerVcpu", w_vcpu, 1, 64, "use 1..64 vCPUs")
+    _check_range(reader, "workerMemoryMiB", w_mem, 512, 262144, "use at least 512 MiB per worker")
+
+    stack_prefix = reader.text("resourcePrefix")
+    if not _PREFIX.match(stack_prefix):
+        reader.problem("resourcePrefix", stack_prefix, "use lowercase letters, digits and '-' (or empty)")
+    worker_ids = [first_worker + i for i in range(count)]
+    if cp_id in worker_ids:
+        reader.problem("firstWorkerId", first_worker, f"worker ids {worker_ids[0]}..{worker_ids[-1]} include controlPlaneId {cp_id}; start workers after it")
+
+    def spec(prefix: str, node_id: int, role: str, vcpu: int, mem: int, key: str) -> NodeSpec:
+        ip = _node_address(reader, key, node_id, network)
+        mac = deterministic_mac(reader.stack, ipaddress.IPv4Address(ip)) if ip else ""
+        name = f"{prefix}{node_id}"
+        return NodeSpec(name, f"{stack_prefix}{name}", role, node_id, ip, mac, vcpu, mem)
+
+    control_plane = spec(cp_prefix, cp_id, CONTROL_PLANE, cp_vcpu, cp_mem, "controlPlaneId")
+    # Report a range problem once, not once per worker.
+    before = len(reader.problems)
+    workers = tuple(spec(worker_prefix, i, WORKER, w_vcpu, w_mem, "firstWorkerId") for i in worker_ids)
+    del reader.problems[before + 1 :]
+    if len(reader.problems) > before:
+        reader.problems[-1] = ConfigProblem(
+            "firstWorkerId",
+            str(first_worker),
+            f"with workerCount {count} the worker addresses leave {network}'s usable hosts or hit the gateway; "
+            "lower workerCount or move firstWorkerId",
+        )
+    return control_plane, workers
+
+
+def _read_kubernetes(reader: _Reader, network: Optional[ipaddress.IPv4Network]) -> tuple[str, str, str]:
+    version = reader.text("kubernetesVersion").removeprefix("v")
+    match = _VERSION.match(version)
+    if not match:
+        reader.problem("kubernetesVersion", version, "use a full version like 1.34.2")
+    elif not MIN_KUBERNETES_MINOR <= int(match.group(1)) <= MAX_KUBERNETES_MINOR:
+        reader.problem(
+            "kubernetesVersion",
+            version,
+            f"use a minor between 1.{MIN_KUBERNETES_MINOR} and 1.{MAX_KUBERNETES_MINOR} (kubeadm v1beta4 config)",
+        )
+    fix = "use an IPv4 network in CIDR form with host bits zero, e.g. 10.244.0.0/16"
+    pods = reader.parse("podCidr", _network, fix, None)
+    services = reader.parse("serviceCidr", _network, fix.replace("10.244.0.0/16", "10.96.0.0/12"), None)
+    if pods and services and pods.overlaps(services):
+        reader.problem("serviceCidr", services, f"must not overlap podCidr {pods}")
+    for key, cidr in (("podCidr", pods), ("serviceCidr", services)):
+        if cidr and network and cidr.overlaps(network):
+            reader.problem(key, cidr, f"must not overlap networkCidr {network}")
+    return version, str(pods or ""), str(services or "")
+
+
+def _read_choices(reader: _Reader) -> tuple[str, tuple[str, ...], str]:
+    cni = reader.text("cni")
+    if cni not in SUPPORTED_CNIS:
+        reader.problem("cni", cni, f"use one of: {', '.join(SUPPORTED_CNIS)}")
+    workloads = reader.parse(
+        "workloads", _string_list, 'use a JSON list, e.g. ["kuard", "dnstools", "connectivity-check"]', ()
+    )
+    unknown = [w for w in workloads if w not in SUPPORTED_WORKLOADS]
+    if unknown:
+        reader.problem("workloads", ", ".join(unknown), f"unknown workload; choose from: {', '.join(SUPPORTED_WORKLOADS)}")
+    domain_type = reader.text("domainType")
+    if domain_type not in DOMAIN_TYPES:
+        reader.problem("domainType", domain_type, "use 'kvm' (hardware virtualisation) or 'qemu' (software emulation)")
+    return cni, workloads, domain_type
+
+
+def _read_ssh(reader: _Reader) -> tuple[str, str, str]:
+    user = reader.text("sshUser")
+    if not _USER.match(user) or user == "root":
+        reader.problem("sshUser", user, "use a lowercase login name other than root")
+    key_path = os.path.expanduser(reader.text("sshKeyPath"))
+    public_key = ""
+    try:
+        Path(key_path).read_text()
+        public_key = Path(key_path + ".pub").read_text().strip()
+    except OSError as err:
+        reader.problem(
+            "sshKeyPath",
+            key_path,
+            f"cannot read the key pair ({err.strerror}: {err.filename}); create it with "
+            f"`ssh-keygen -t ed25519 -N '' -f {key_path}`",
+        )
+    return user, key_path, public_key
+
+
+def load(raw: Mapping[str, Optional[str]], stack: str, libvirt_uri: Optional[str] = None) -> ClusterConfig:
+    """Validate everything in `raw` (key -> string, None = unset); raise one ConfigError listing all problems."""
+    reader = _Reader(raw, stack)
+    network = _read_network(reader)
+    control_plane, workers = _read_nodes(reader, network)
+    version, pods, services = _read_kubernetes(reader, network)
+    cni, workloads, domain_type = _read_choices(reader)
+    user, key_path, public_key = _read_ssh(reader)
+    domain = reader.text("dnsDomain").lower()
+    if not _DNS_NAME.match(domain):
+        reader.problem("dnsDomain", domain, "use a DNS name such as air.internal")
+    disk = reader.parse("diskGiB", _int, "use a whole number of GiB", 20)
+    _check_range(reader, "diskGiB", disk, 4, 2048, "use 4..2048 GiB (the base image must fit)")
+    prebaked = reader.parse("prebaked", _bool, "use true or false", False)
+    keep_base = reader.parse("keepBaseImage", _bool, "use true or false", False)
+    image = reader.text("imageSource")
+    if not image.startswith(("http://", "https://", "/")):
+        reader.problem("imageSource", image, "use an http(s) URL or an absolute path on the Pulumi host")
+    pool_path = reader.text("poolPath")
+    if not pool_path.startswith("/"):
+        reader.problem("poolPath", pool_path, "use an absolute directory path on the libvirt host")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", stack):
+        reader.problem("(stack name)", stack, "use letters, digits, '-', '_' or '.' in the stack name")
+
+    if reader.problems or control_plane is None or network is None:
+        raise ConfigError(reader.problems)
+    return ClusterConfig(
+        stack=stack,
+        network_cidr=str(network),
+        gateway=str(network.network_address + 1),
+        prefix_length=network.prefixlen,
+        dns_domain=domain,
+        network_name=f"koa-{stack}",
+        bridge_name=bridge_name_for(stack),
+        pool_name=f"koa-{stack}",
+        pool_path=pool_path,
+        control_plane=control_plane,
+        workers=workers,
+        disk_gib=disk,
+        pod_cidr=pods,
+        service_cidr=services,
+        kubernetes_version=version,
+        cni=cni,
+        workloads=workloads,
+        image_source=image,
+        prebaked=prebaked,
+        keep_base_image=keep_base,
+        ssh_key_path=key_path,
+        ssh_public_key=public_key,
+        ssh_user=user,
+        domain_type=domain_type,
+        libvirt_uri=libvirt_uri or DEFAULT_LIBVIRT_URI,
+    )
+
+
+def load_from_pulumi() -> ClusterConfig:
+    """Read the stack config through Pulumi (works under the engine and under mocks)."""
+    import pulumi
+
+    config = pulumi.Config(NAMESPACE)
+    raw = {key: config.get(key) for key in DEFAULTS}
+    return load(raw, pulumi.get_stack(), pulumi.Config("libvirt").get("uri"))

@@ -1,0 +1,112 @@
+"""kubeadm over SSH: initialise the control plane, hand out join credentials, join each worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import pulumi
+from pulumi_command import local, remote
+
+from components import render, ssh
+from components.config import ClusterConfig, NodeSpec
+
+# Commands whose output carries secrets: never logged, outputs stored encrypted.
+_SECRET_OUTPUTS = ["stdout", "stderr"]
+
+
+def _secret_command_opts(parent: pulumi.Resource, depends_on: Sequence[pulumi.Resource]) -> pulumi.ResourceOptions:
+    return pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on), additional_secret_outputs=_SECRET_OUTPUTS)
+
+
+@dataclass(frozen=True)
+class ControlPlaneArgs:
+    config: ClusterConfig
+    node_ready: remote.Command
+    private_key: pulumi.Output[str]
+
+
+class ControlPlane(pulumi.ComponentResource):
+    """`kubeadm init` once, then join credentials and the admin kubeconfig as secrets."""
+
+    join_credentials: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ControlPlaneArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("kube-on-air:kubeadm:ControlPlane", name, None, opts)
+        config = args.config
+        conn = ssh.connection(config, config.control_plane, args.private_key)
+        self.init = remote.Command(
+            f"{name}-init",
+            connection=conn,
+            create=render.kubeadm_init_script(),
+            stdin=render.kubeadm_config(config),
+            triggers=[args.node_ready.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.node_ready]),
+        )
+        self.credentials = remote.Command(
+            f"{name}-join-credentials",
+            connection=conn,
+            create=render.join_credentials_script(),
+            logging=remote.Logging.NONE,
+            add_previous_output_in_env=False,
+            # A new worker set gets a fresh token, so scaling up weeks later still joins.
+            triggers=[self.init.id, *(worker.name for worker in config.workers)],
+            opts=_secret_command_opts(self, [self.init]),
+        )
+        self.fetch_kubeconfig = remote.Command(
+            f"{name}-kubeconfig",
+            connection=conn,
+            create=render.fetch_kubeconfig_script(),
+            logging=remote.Logging.NONE,
+            add_previous_output_in_env=False,
+            triggers=[self.init.id],
+            opts=_secret_command_opts(self, [self.init]),
+        )
+        self.join_credentials = pulumi.Output.secret(self.credentials.stdout)
+        self.kubeconfig = pulumi.Output.secret(self.fetch_kubeconfig.stdout)
+        self.register_outputs({"kubeconfig": self.kubeconfig})
+
+
+def join_config_from_credentials(config: ClusterConfig, node: NodeSpec, credentials: str) -> str:
+    lines = credentials.split()
+    if len(lines) != 2 or not lines[1].startswith("sha256:"):
+        raise ValueError("join credentials from the control plane are malformed (expected token and sha256 hash)")
+    return render.join_config(config, node, token=lines[0], ca_cert_hash=lines[1])
+
+
+@dataclass(frozen=True)
+class WorkerJoinArgs:
+    config: ClusterConfig
+    spec: NodeSpec
+    node_ready: remote.Command
+    control_plane: ControlPlane
+    private_key: pulumi.Output[str]
+
+
+class WorkerJoin(pulumi.ComponentResource):
+    """`kubeadm join` for one worker; on removal, drain + delete its Node and reset it first."""
+
+    def __init__(self, name: str, args: WorkerJoinArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("kube-on-air:kubeadm:WorkerJoin", name, None, opts)
+        config, spec = args.config, args.spec
+        join_config = args.control_plane.join_credentials.apply(
+            lambda creds: join_config_from_credentials(config, spec, creds)
+        )
+        self.join = remote.Command(
+            f"{name}-join",
+            connection=ssh.connection(config, spec, args.private_key),
+            create=render.kubeadm_join_script(spec),
+            stdin=pulumi.Output.secret(join_config),
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.node_ready, args.control_plane.credentials]),
+        )
+        # Runs on the Pulumi host at delete time only. Deleted before `join` and before the VM, because
+        # it depends on both, so a worker leaves the cluster cleanly before its domain goes.
+        self.leave = local.Command(
+            f"{name}-leave",
+            delete=render.remove_worker_script(config, spec),
+            interpreter=["/bin/bash", "-c"],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.join]),
+        )
+        self.register_outputs({"joined": self.join.id})

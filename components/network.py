@@ -1,0 +1,47 @@
+"""The libvirt NAT network every node of one stack sits on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_libvirt as libvirt
+
+from components.config import ClusterConfig
+
+
+@dataclass(frozen=True)
+class ClusterNetworkArgs:
+    config: ClusterConfig
+
+
+class ClusterNetwork(pulumi.ComponentResource):
+    """NAT network with a DNS record per node (replaces the seed's /etc/hosts) and a fixed name per stack."""
+
+    network: libvirt.Network
+
+    def __init__(self, name: str, args: ClusterNetworkArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("kube-on-air:network:ClusterNetwork", name, None, opts)
+        config = args.config
+        self.network = libvirt.Network(
+            f"{name}-net",
+            name=config.network_name,
+            bridge=config.bridge_name,
+            mode="nat",
+            domain=config.dns_domain,
+            addresses=[config.network_cidr],
+            autostart=True,
+            # Addresses are fixed per node; DHCP stays on only for libvirt's static host entries.
+            dhcp=libvirt.NetworkDhcpArgs(enabled=True),
+            dns=libvirt.NetworkDnsArgs(
+                enabled=True,
+                local_only=True,
+                hosts=[
+                    libvirt.NetworkDnsHostArgs(hostname=config.fqdn(node), ip=node.ip) for node in config.nodes
+                ],
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.network_id = self.network.id
+        self.register_outputs({"network_id": self.network.id, "name": config.network_name})

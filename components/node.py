@@ -1,0 +1,91 @@
+"""One cluster node: its disk, its cloud-init seed, its VM, and the wait until it is fit for kubeadm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_libvirt as libvirt
+from pulumi_command import remote
+
+from components import render, ssh
+from components.config import ClusterConfig, NodeSpec
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class NodeArgs:
+    config: ClusterConfig
+    spec: NodeSpec
+    pool_name: pulumi.Input[str]
+    base_volume_id: pulumi.Input[str]
+    network_id: pulumi.Input[str]
+    private_key: pulumi.Output[str]
+
+
+class Node(pulumi.ComponentResource):
+    """A libvirt domain on a copy-on-write overlay of the base image, seeded by cloud-init."""
+
+    ready: remote.Command
+
+    def __init__(self, name: str, args: NodeArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("kube-on-air:node:Node", name, None, opts)
+        config, spec = args.config, args.spec
+        child = pulumi.ResourceOptions(parent=self)
+        self.disk = libvirt.Volume(
+            f"{name}-disk",
+            name=f"{spec.name}.qcow2",
+            pool=args.pool_name,
+            base_volume_id=args.base_volume_id,
+            format="qcow2",
+            size=config.disk_gib * GIB,
+            opts=child,
+        )
+        self.seed = libvirt.CloudInitDisk(
+            f"{name}-seed",
+            name=f"{spec.name}-seed.iso",
+            pool=args.pool_name,
+            user_data=render.user_data(config, spec),
+            meta_data=render.meta_data(config, spec),
+            network_config=render.network_config(config, spec),
+            opts=child,
+        )
+        self.domain = libvirt.Domain(
+            f"{name}-vm",
+            name=spec.libvirt_name,
+            type=config.domain_type,
+            # The cloud-init ISO is an IDE cdrom, which q35 lacks: keep i440fx.
+            machine="pc",
+            vcpu=spec.vcpu,
+            memory=spec.memory_mib,
+            # host-passthrough needs hardware virtualisation; under emulation QEMU's default CPU applies.
+            cpu=libvirt.DomainCpuArgs(mode="host-passthrough") if config.domain_type == "kvm" else None,
+            cloudinit=self.seed.id,
+            disks=[libvirt.DomainDiskArgs(volume_id=self.disk.id)],
+            network_interfaces=[
+                libvirt.DomainNetworkInterfaceArgs(
+                    network_id=args.network_id,
+                    hostname=spec.name,
+                    addresses=[spec.ip],
+                    mac=spec.mac,
+                    # Fresh cloud images run no guest agent and may never ask DHCP: wait over SSH instead.
+                    wait_for_lease=False,
+                )
+            ],
+            consoles=[libvirt.DomainConsoleArgs(type="pty", target_port="0", target_type="serial")],
+            autostart=True,
+            running=True,
+            qemu_agent=False,
+            opts=child,
+        )
+        self.ready = remote.Command(
+            f"{name}-ready",
+            connection=ssh.connection(config, spec, args.private_key),
+            create=render.wait_ready_script(spec),
+            # A replaced VM is a new machine: wait for it again.
+            triggers=[self.domain.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.domain]),
+        )
+        self.register_outputs({"domain_id": self.domain.id, "ip": spec.ip, "ready": self.ready.stdout})

@@ -1,0 +1,45 @@
+"""The per-stack storage pool and the base cloud image every node's disk is layered on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_libvirt as libvirt
+
+from components.config import ClusterConfig
+
+
+@dataclass(frozen=True)
+class ImageStoreArgs:
+    config: ClusterConfig
+
+
+class ImageStore(pulumi.ComponentResource):
+    """A dir pool and the base image, downloaded (or uploaded from a local path) once per stack."""
+
+    pool: libvirt.Pool
+    base_image: libvirt.Volume
+
+    def __init__(self, name: str, args: ImageStoreArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("kube-on-air:storage:ImageStore", name, None, opts)
+        config = args.config
+        self.pool = libvirt.Pool(
+            f"{name}-pool",
+            name=config.pool_name,
+            type="dir",
+            target=libvirt.PoolTargetArgs(path=config.pool_path),
+            # A pool that still holds the kept base image cannot be deleted, so keep both.
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=config.keep_base_image),
+        )
+        self.base_image = libvirt.Volume(
+            f"{name}-base",
+            name="base.qcow2",
+            pool=self.pool.name,
+            source=config.image_source,
+            format="qcow2",
+            # keepBaseImage: destroy leaves the downloaded image (and so its pool) in place.
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=config.keep_base_image),
+        )
+        self.register_outputs({"pool": self.pool.name, "base_image_id": self.base_image.id})

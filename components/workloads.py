@@ -1,0 +1,186 @@
+"""The seed's test workloads: kuard, dnstools and a connectivity check gating `pulumi up`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pulumi_kubernetes.apps.v1 import Deployment, DeploymentSpecArgs
+from pulumi_kubernetes.core.v1 import (
+    ContainerArgs,
+    ContainerPortArgs,
+    ExecActionArgs,
+    HTTPGetActionArgs,
+    HostPathVolumeSourceArgs,
+    Namespace,
+    Pod,
+    PodSpecArgs,
+    PodTemplateSpecArgs,
+    ProbeArgs,
+    ResourceRequirementsArgs,
+    Service,
+    ServicePortArgs,
+    ServiceSpecArgs,
+    TopologySpreadConstraintArgs,
+    VolumeArgs,
+    VolumeMountArgs,
+)
+from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
+
+from components.config import ClusterConfig
+
+NAMESPACE = "kube-on-air"
+KUARD_IMAGE = "gcr.io/kuar-demo/kuard-amd64:1"
+DNSTOOLS_IMAGE = "docker.io/infoblox/dnstools:latest"
+AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.53"
+ECHO_PORT = 8080
+
+
+@dataclass(frozen=True)
+class WorkloadsArgs:
+    config: ClusterConfig
+    provider: k8s.Provider
+
+
+def spread_one_per_node(labels: dict[str, str]) -> list[TopologySpreadConstraintArgs]:
+    return [
+        TopologySpreadConstraintArgs(
+            max_skew=1,
+            topology_key="kubernetes.io/hostname",
+            when_unsatisfiable="DoNotSchedule",
+            label_selector=LabelSelectorArgs(match_labels=labels),
+        )
+    ]
+
+
+def _deployment(
+    name: str, resource_name: str, replicas: int, pod: PodSpecArgs, opts: pulumi.ResourceOptions
+) -> Deployment:
+    labels = {"app": name}
+    return Deployment(
+        resource_name,
+        metadata=ObjectMetaArgs(name=name, namespace=NAMESPACE, labels=labels),
+        spec=DeploymentSpecArgs(
+            replicas=replicas,
+            selector=LabelSelectorArgs(match_labels=labels),
+            template=PodTemplateSpecArgs(metadata=ObjectMetaArgs(labels=labels), spec=pod),
+        ),
+        opts=opts,
+    )
+
+
+class Workloads(pulumi.ComponentResource):
+    """Each workload is switched on by name in the `workloads` config list."""
+
+    def __init__(self, name: str, args: WorkloadsArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("kube-on-air:workloads:Workloads", name, None, opts)
+        config = args.config
+        self.namespace = Namespace(
+            f"{name}-ns",
+            metadata=ObjectMetaArgs(name=NAMESPACE),
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider),
+        )
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[self.namespace])
+        # One replica per worker; with no workers the control plane is untainted and takes one.
+        per_node = max(1, len(config.workers))
+        if "kuard" in config.workloads:
+            self.kuard = _kuard(name, child)
+        if "dnstools" in config.workloads:
+            self.dnstools = _dnstools(name, per_node, child)
+        if "connectivity-check" in config.workloads:
+            self.echo, self.echo_service, self.probe = _connectivity_check(name, per_node, child)
+        self.register_outputs({"namespace": NAMESPACE, "workloads": list(config.workloads)})
+
+
+def _kuard(name: str, opts: pulumi.ResourceOptions) -> Pod:
+    http = HTTPGetActionArgs(port=ECHO_PORT)
+    return Pod(
+        f"{name}-kuard",
+        metadata=ObjectMetaArgs(name="kuard", namespace=NAMESPACE, labels={"app": "kuard"}),
+        spec=PodSpecArgs(
+            containers=[
+                ContainerArgs(
+                    name="kuard",
+                    image=KUARD_IMAGE,
+                    ports=[ContainerPortArgs(name="http", container_port=ECHO_PORT, protocol="TCP")],
+                    volume_mounts=[VolumeMountArgs(name="kuard-data", mount_path="/data")],
+                    resources=ResourceRequirementsArgs(
+                        requests={"cpu": "50m", "memory": "64Mi"}, limits={"cpu": "100m", "memory": "128Mi"}
+                    ),
+                    liveness_probe=ProbeArgs(
+                        http_get=HTTPGetActionArgs(path="/healthy", port=http.port),
+                        initial_delay_seconds=5,
+                        timeout_seconds=1,
+                        period_seconds=10,
+                        failure_threshold=3,
+                    ),
+                    readiness_probe=ProbeArgs(
+                        http_get=HTTPGetActionArgs(path="/ready", port=http.port),
+                        initial_delay_seconds=30,
+                        timeout_seconds=1,
+                        period_seconds=10,
+                        failure_threshold=3,
+                    ),
+                )
+            ],
+            volumes=[
+                VolumeArgs(
+                    name="kuard-data", host_path=HostPathVolumeSourceArgs(path="/var/lib/kuard", type="DirectoryOrCreate")
+                )
+            ],
+        ),
+        opts=opts,
+    )
+
+
+def _dnstools(name: str, replicas: int, opts: pulumi.ResourceOptions) -> Deployment:
+    pod = PodSpecArgs(
+        containers=[ContainerArgs(name="dnstools", image=DNSTOOLS_IMAGE, stdin=True, tty=True)],
+        topology_spread_constraints=spread_one_per_node({"app": "dnstools"}),
+    )
+    return _deployment("dnstools", f"{name}-dnstools", replicas, pod, opts)
+
+
+def _connectivity_check(name: str, replicas: int, opts: pulumi.ResourceOptions) -> tuple[Deployment, Service, Deployment]:
+    echo_pod = PodSpecArgs(
+        containers=[
+            ContainerArgs(
+                name="echo",
+                image=AGNHOST_IMAGE,
+                args=["netexec", f"--http-port={ECHO_PORT}"],
+                ports=[ContainerPortArgs(name="http", container_port=ECHO_PORT)],
+                readiness_probe=ProbeArgs(http_get=HTTPGetActionArgs(path="/healthz", port=ECHO_PORT)),
+            )
+        ],
+        topology_spread_constraints=spread_one_per_node({"app": "echo"}),
+    )
+    echo = _deployment("echo", f"{name}-echo", replicas, echo_pod, opts)
+    service = Service(
+        f"{name}-echo-svc",
+        metadata=ObjectMetaArgs(name="echo", namespace=NAMESPACE, labels={"app": "echo"}),
+        spec=ServiceSpecArgs(selector={"app": "echo"}, ports=[ServicePortArgs(name="http", port=ECHO_PORT, target_port=ECHO_PORT)]),
+        opts=opts,
+    )
+    # Ready only while it reaches echo through the Service's DNS name: pod network, DNS and services.
+    target = f"echo.{NAMESPACE}.svc.cluster.local:{ECHO_PORT}"
+    probe_pod = PodSpecArgs(
+        containers=[
+            ContainerArgs(
+                name="probe",
+                image=AGNHOST_IMAGE,
+                args=["pause"],
+                readiness_probe=ProbeArgs(
+                    exec_=ExecActionArgs(command=["/agnhost", "connect", target, "--timeout=3s"]),
+                    period_seconds=5,
+                    timeout_seconds=5,
+                ),
+            )
+        ],
+        topology_spread_constraints=spread_one_per_node({"app": "probe"}),
+    )
+    probe = _deployment(
+        "probe", f"{name}-probe", replicas, probe_pod, pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[service]))
+    )
+    return echo, service, probe

@@ -1,0 +1,249 @@
+"""Evaluate the Pulumi program under Pulumi's mock runtime and collect what it registers.
+
+Each evaluation runs in a fresh interpreter (`python -m tests.harness`), so stacks never share
+runtime state; the child prints one JSON document that `evaluate` turns into an `Evaluation`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "kube-on-air"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+SECRET_KEY = "4dabf18193072939515e22adb298388d"
+FAKE_CA_HASH = "sha256:" + "ab" * 32
+FAKE_TOKEN = "abcdef.0123456789abcdef"
+FAKE_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- cluster: {certificate-authority-data: Zm9v, server: 'https://172.31.255.10:6443'}
+  name: kube-on-air
+contexts:
+- context: {cluster: kube-on-air, user: kubernetes-admin}
+  name: admin
+current-context: admin
+users:
+- name: kubernetes-admin
+  user: {client-certificate-data: Zm9v, client-key-data: Zm9v}
+"""
+
+
+@dataclass(frozen=True)
+class Resource:
+    type: str
+    name: str
+    urn: str
+    parent: str
+    custom: bool
+    provider: str
+    dependencies: list[str]
+    property_dependencies: dict[str, list[str]]
+    inputs: dict[str, Any]
+    additional_secret_outputs: list[str]
+    retain_on_delete: bool
+
+    def plain(self, key: str) -> Any:
+        return unwrap(self.inputs.get(key))
+
+    def is_secret(self, key: str) -> bool:
+        return is_secret(self.inputs.get(key))
+
+
+@dataclass
+class Evaluation:
+    stack: str
+    resources: list[Resource]
+    outputs: dict[str, Any]
+    error: Optional[str]
+    seconds: float
+    by_urn: dict[str, Resource] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_urn = {r.urn: r for r in self.resources}
+
+    def of_type(self, type_: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def named(self, name: str) -> Resource:
+        matches = [r for r in self.resources if r.name == name]
+        assert len(matches) == 1, f"expected one resource named {name}, found {len(matches)}"
+        return matches[0]
+
+    def depends_on(self, resource: Resource) -> set[str]:
+        """URNs this resource waits for: explicit, through inputs, and through its parent chain's deps."""
+        found: set[str] = set(resource.dependencies)
+        for deps in resource.property_dependencies.values():
+            found.update(deps)
+        return found
+
+    def transitive_dependencies(self, resource: Resource) -> set[str]:
+        seen: set[str] = set()
+        stack = [resource.urn]
+        while stack:
+            current = self.by_urn.get(stack.pop())
+            if current is None:
+                continue
+            for dep in self.depends_on(current):
+                if dep not in seen:
+                    seen.add(dep)
+                    stack.append(dep)
+                    # Depending on a component means depending on everything inside it.
+                    stack.extend(c.urn for c in self.children(dep) if c.urn not in seen)
+        return seen
+
+    def children(self, urn: str) -> Iterator[Resource]:
+        for r in self.resources:
+            if r.parent == urn:
+                yield r
+                yield from self.children(r.urn)
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_KEY) == SECRET_SIG
+
+
+def unwrap(value: Any) -> Any:
+    if is_secret(value):
+        return unwrap(value["value"])
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def evaluate(stack: str, config: dict[str, str], preview: bool = False, timeout: float = 120) -> Evaluation:
+    """Run __main__.py for `stack` with `config` (keys with namespace, values as strings)."""
+    request = json.dumps({"stack": stack, "config": config, "preview": preview})
+    started = time.perf_counter()
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.harness"],
+        input=request,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    seconds = time.perf_counter() - started
+    if child.returncode != 0:
+        raise RuntimeError(f"harness child failed ({child.returncode}):\n{child.stderr[-4000:]}")
+    result = json.loads(child.stdout)
+    resources = [Resource(**r) for r in result["resources"]]
+    return Evaluation(stack, resources, result["outputs"], result["error"], seconds)
+
+
+def stack_config(stack: str) -> dict[str, str]:
+    """Config of Pulumi.<stack>.yaml as the engine would pass it (structured values as JSON)."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in data.items()}
+
+
+# ---- child side -----------------------------------------------------------------------------
+
+
+def _fake_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    state = dict(inputs)
+    if type_ == "command:remote:Command" and name.endswith("-join-credentials"):
+        state["stdout"] = f"{FAKE_TOKEN}\n{FAKE_CA_HASH}\n"
+    elif type_ == "command:remote:Command" and name.endswith("-kubeconfig"):
+        state["stdout"] = FAKE_KUBECONFIG
+    elif type_.startswith("command:"):
+        state.setdefault("stdout", "")
+    return state
+
+
+def _run_child(request: dict[str, Any]) -> dict[str, Any]:
+    import runpy
+
+    import pulumi
+    from pulumi.runtime import mocks, rpc, stack as runtime_stack
+
+    records: list[dict[str, Any]] = []
+    outputs: dict[str, Any] = {}
+
+    class Mocks(pulumi.runtime.Mocks):
+        def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict[Any, Any]]:
+            return f"{args.name}-id", _fake_state(args.typ, args.name, args.inputs)
+
+        def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], Optional[list[tuple[str, str]]]]:
+            raise NotImplementedError(f"the program made an unexpected invoke: {args.token}")
+
+    class RecordingMonitor(mocks.MockMonitor):
+        def RegisterResource(self, request: Any) -> Any:
+            response = super().RegisterResource(request)
+            if request.type != "pulumi:pulumi:Stack":
+                records.append(
+                    {
+                        "type": request.type,
+                        "name": request.name,
+                        "urn": response.urn,
+                        "parent": request.parent,
+                        "custom": bool(request.custom),
+                        "provider": request.provider,
+                        "dependencies": sorted(request.dependencies),
+                        "property_dependencies": {
+                            k: sorted(v.urns) for k, v in sorted(request.propertyDependencies.items())
+                        },
+                        "inputs": rpc.deserialize_properties(request.object),
+                        "additional_secret_outputs": list(request.additionalSecretOutputs),
+                        "retain_on_delete": bool(request.retainOnDelete),
+                    }
+                )
+            return response
+
+    pulumi.runtime.set_mocks(
+        Mocks(),
+        project=PROJECT,
+        stack=request["stack"],
+        preview=request["preview"],
+        monitor=RecordingMonitor(Mocks()),
+    )
+    pulumi.runtime.set_all_config(request["config"])
+    error: Optional[str] = None
+    try:
+        mocks._sync_await(
+            runtime_stack.run_pulumi_func(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__"))
+        )
+        outputs.update(_stack_outputs())
+    except Exception as err:  # noqa: BLE001 - reported to the parent as data
+        error = f"{type(err).__name__}: {err}"
+    return {"resources": records, "outputs": outputs, "error": error}
+
+
+def _stack_outputs() -> dict[str, Any]:
+    """Exports with their secretness, as {"value": ..., "secret": bool}."""
+    import pulumi
+    from pulumi.runtime import mocks
+    from pulumi.runtime.settings import get_root_resource
+
+    root = get_root_resource()
+    exported: dict[str, Any] = {}
+    for key, value in getattr(root, "outputs", {}).items():
+        output = pulumi.Output.from_input(value)
+        exported[key] = {
+            "value": mocks._sync_await(output.future()),
+            "secret": mocks._sync_await(output.is_secret()),
+        }
+    return exported
+
+
+def _json_default(value: Any) -> Any:
+    return repr(value)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    os.chdir(ROOT)
+    result = _run_child(json.loads(sys.stdin.read()))
+    sys.stdout.write(json.dumps(result, default=_json_default, sort_keys=True))

@@ -1,0 +1,130 @@
+"""Issue 4: boot work11 from the program's own cloud-init seed and check it over SSH, for real.
+
+The seed, the network and the wait-ready script are exactly what `tests.render.render_stack`
+renders for stack `air` (prebaked); the VM is a libvirt domain shaped like the program's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.vm.conftest import FIGURES, GIB, Booted, Lab, Rendered
+from tests.vm.guest import Ssh, parse_status
+
+pytestmark = pytest.mark.vm
+
+NODE = "work11"
+
+
+@pytest.fixture(scope="module")
+def work11(lab: Lab, rendered: Rendered) -> Iterator[Booted]:
+    node = rendered.node(NODE)
+    with lab.boot(node, rendered.seed_dir(NODE)) as booted:
+        booted.watch.wait_ready()
+        booted.figures["overlay_bytes_after_boot"] = booted.overlay.stat().st_blocks * 512
+        yield booted
+
+
+@pytest.fixture(scope="module")
+def ssh(work11: Booted) -> Ssh:
+    return work11.ssh
+
+
+def test_cloud_init_done_without_errors(ssh: Ssh) -> None:
+    status, detail = parse_status(ssh.out("cloud-init status --long"))
+    assert status == "done", detail
+    result = json.loads(ssh.out("sudo cat /run/cloud-init/result.json"))
+    assert result["v1"]["errors"] == []
+    assert "DataSourceNoCloud" in result["v1"]["datasource"]
+
+
+def test_hostname_and_fqdn(ssh: Ssh, work11: Booted) -> None:
+    assert ssh.out("hostname").strip() == work11.node["name"]
+    assert ssh.out("hostname -f").strip() == work11.node["fqdn"]
+
+
+def test_static_address_on_the_nic(ssh: Ssh, work11: Booted, rendered: Rendered) -> None:
+    links = json.loads(ssh.out("ip -j addr show"))
+    nic = next((link for link in links if link.get("address") == work11.node["mac"]), None)
+    assert nic is not None, f"no interface with MAC {work11.node['mac']}: {[link['ifname'] for link in links]}"
+    prefix = ipaddress.ip_network(rendered.summary["network"]["cidr"]).prefixlen
+    inet = [(a["local"], a["prefixlen"], a.get("dynamic", False)) for a in nic["addr_info"] if a["family"] == "inet"]
+    assert inet == [(work11.node["ip"], prefix, False)], f"{nic['ifname']}: {inet}"
+    routes = json.loads(ssh.out("ip -j route show default"))
+    assert [r.get("gateway") for r in routes] == [rendered.summary["network"]["gateway"]]
+
+
+def test_password_login_disabled(ssh: Ssh) -> None:
+    config = ssh.out("sudo sshd -T").splitlines()
+    assert "passwordauthentication no" in config
+    # And sshd really offers no password method to a client that asks for one.
+    probe = ssh.run_argv(
+        ["-o", "PreferredAuthentications=password,keyboard-interactive", "-o", "PubkeyAuthentication=no"], "true"
+    )
+    assert probe.returncode == 255
+    assert "Permission denied (publickey)" in probe.stderr
+
+
+@pytest.mark.parametrize("module", ["overlay", "br_netfilter"])
+def test_kernel_module_loaded_and_persistent(ssh: Ssh, module: str) -> None:
+    assert ssh.run(f"test -d /sys/module/{module}").returncode == 0, f"{module} not loaded"
+    persistent = ssh.out("cat /etc/modules-load.d/*.conf").split()
+    assert module in persistent
+
+
+@pytest.mark.parametrize(
+    "key", ["net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables", "net.ipv4.ip_forward"]
+)
+def test_sysctl_is_one(ssh: Ssh, key: str) -> None:
+    # /proc/sys, not sysctl(8): /usr/sbin is not on a Debian user's PATH in an ssh session command.
+    assert ssh.out(f"cat /proc/sys/{key.replace('.', '/')}").strip() == "1"
+
+
+def test_swap_off(ssh: Ssh) -> None:
+    assert ssh.out("/usr/sbin/swapon --show --noheadings").strip() == ""
+    assert ssh.out("cat /proc/swaps").strip().count("\n") == 0  # the header line only
+    assert "swap" not in ssh.out("cat /etc/fstab")
+
+
+def test_containerd_active_with_systemd_cgroup(ssh: Ssh) -> None:
+    assert ssh.out("systemctl is-active containerd").strip() == "active"
+    dump = ssh.out("sudo containerd config dump")
+    assert "SystemdCgroup = true" in dump
+
+
+def test_growpart_grew_the_root_filesystem(ssh: Ssh, work11: Booted, lab: Lab) -> None:
+    size = int(ssh.out("df -B1 --output=size /").split()[-1])
+    base_fs = int(lab.image.info["fs_size_bytes"])
+    disk = int(work11.node["disk_gib"]) * GIB
+    FIGURES["nodes"][NODE]["root_fs_bytes_after_growpart"] = size
+    assert size > base_fs
+    assert size > 0.9 * disk, f"root fs {size} B is far below the {work11.node['disk_gib']} GiB disk"
+
+
+@pytest.mark.parametrize("other", ["head10", "work12"])
+def test_resolves_cluster_names_through_libvirt_dns(ssh: Ssh, rendered: Rendered, other: str) -> None:
+    node: dict[str, Any] = rendered.node(other)
+    answer = ssh.out(f"getent ahostsv4 {node['fqdn']}").split()
+    assert answer and answer[0] == node["ip"], answer
+    # From the network's DNS (dnsmasq on the gateway), not from /etc/hosts.
+    assert other not in ssh.out("cat /etc/hosts")
+    assert node["ip"] in ssh.out(f"resolvectl query --legend=no {node['fqdn']}")
+
+
+def test_wait_ready_script_passes_twice(ssh: Ssh, rendered: Rendered) -> None:
+    """The program's own remote.Command `create` string, run as the ssh session command; idempotent."""
+    script = rendered.wait_ready_script(NODE)
+    seconds = []
+    for attempt in (1, 2):
+        started = time.monotonic()
+        proc = ssh.run(script, timeout=600)
+        seconds.append(round(time.monotonic() - started, 1))
+        code = proc.returncode
+        assert code == 0, f"wait-ready run {attempt} exited {code}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    FIGURES["nodes"][NODE]["wait_ready_seconds"] = seconds
