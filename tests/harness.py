@@ -82,6 +82,9 @@ class Evaluation:
         found: set[str] = set(resource.dependencies)
         for deps in resource.property_dependencies.values():
             found.update(deps)
+        if resource.provider:
+            # A provider reference is "<urn>::<id>"; resources wait for their provider.
+            found.add(resource.provider.rsplit("::", 1)[0])
         return found
 
     def transitive_dependencies(self, resource: Resource) -> set[str]:

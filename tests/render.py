@@ -1,0 +1,226 @@
+"""`make render`: write every artifact the program would hand out, without the Pulumi CLI.
+
+Usage: python -m tests.render [--stack air] [--out build] [--set key=value ...]
+Writes build/<stack>/: summary.json, nodes/<node>/{user-data,meta-data,network-config},
+kubeadm/*.yaml, scripts/*.sh, manifests/*.yaml, graph.dot (+ graph.svg when graphviz is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.harness import ROOT, Evaluation, Resource, evaluate, stack_config
+
+NAMESPACE = "kube-on-air"
+K8S_PREFIX = "kubernetes:"
+
+
+def config_with(stack: str, overrides: dict[str, str]) -> dict[str, str]:
+    """The stack file's config (if any) with `overrides` (keys without namespace) applied."""
+    path = ROOT / f"Pulumi.{stack}.yaml"
+    config = stack_config(stack) if path.exists() else {}
+    for key, value in overrides.items():
+        config[key if ":" in key else f"{NAMESPACE}:{key}"] = value
+    return config
+
+
+def manifest(resource: Resource) -> dict[str, Any]:
+    """A Kubernetes object as the API server would receive it."""
+    return _plain_inputs(resource)
+
+
+def _plain_inputs(resource: Resource) -> dict[str, Any]:
+    from tests.harness import unwrap
+
+    return {k: unwrap(v) for k, v in resource.inputs.items()}
+
+
+def kubernetes_objects(evaluation: Evaluation) -> list[Resource]:
+    return [
+        r
+        for r in evaluation.resources
+        if r.type.startswith(K8S_PREFIX) and r.custom and not r.type.startswith("kubernetes:yaml")
+    ]
+
+
+def expanded_dependencies(evaluation: Evaluation, resource: Resource) -> set[str]:
+    """Custom resources this one waits for directly; a component dependency means all its children."""
+    found: set[str] = set()
+    for urn in evaluation.depends_on(resource):
+        target = evaluation.by_urn.get(urn)
+        if target is None:
+            continue
+        if target.custom:
+            found.add(urn)
+        found.update(c.urn for c in evaluation.children(urn) if c.custom)
+    return found
+
+
+def dependency_graph(evaluation: Evaluation) -> dict[str, set[str]]:
+    return {r.urn: expanded_dependencies(evaluation, r) for r in evaluation.resources if r.custom}
+
+
+def longest_chain(graph: dict[str, set[str]]) -> list[str]:
+    memo: dict[str, list[str]] = {}
+
+    def chain(urn: str) -> list[str]:
+        if urn not in memo:
+            best: list[str] = []
+            for dep in graph.get(urn, set()):
+                candidate = chain(dep)
+                if len(candidate) > len(best):
+                    best = candidate
+            memo[urn] = [*best, urn]
+        return memo[urn]
+
+    return max((chain(urn) for urn in graph), key=len, default=[])
+
+
+def short(urn: str) -> str:
+    return urn.rsplit("::", 1)[-1]
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _script_name(resource: Resource, phase: str) -> str:
+    if resource.name.endswith("-ready") and phase == "create":
+        return resource.name.removesuffix("-ready") + "-wait-ready.sh"
+    return f"{resource.name}.sh" if phase == "create" else f"{resource.name}-{phase}.sh"
+
+
+def write_artifacts(evaluation: Evaluation, out: Path) -> None:
+    for seed in evaluation.of_type("libvirt:index/cloudInitDisk:CloudInitDisk"):
+        node = seed.name.removesuffix("-seed")
+        for key, filename in (("userData", "user-data"), ("metaData", "meta-data"), ("networkConfig", "network-config")):
+            _write(out / "nodes" / node / filename, seed.plain(key))
+    for command in evaluation.of_type("command:remote:Command") + evaluation.of_type("command:local:Command"):
+        for phase in ("create", "update", "delete"):
+            script = command.plain(phase)
+            if script:
+                _write(out / "scripts" / _script_name(command, phase), script)
+        stdin = command.plain("stdin")
+        if stdin and command.name.endswith("-init"):
+            _write(out / "kubeadm" / "kubeadm-config.yaml", stdin)
+        elif stdin and command.name.endswith("-join"):
+            # Rendered with the mock's placeholder token: the real one only exists at `pulumi up`.
+            _write(out / "kubeadm" / f"{command.name}-config.yaml", stdin)
+    for index, resource in enumerate(kubernetes_objects(evaluation)):
+        if resource.type.startswith("pulumi:providers"):
+            continue
+        _write(out / "manifests" / f"{index:02d}-{resource.name}.yaml", yaml.safe_dump(manifest(resource), sort_keys=False))
+
+
+def summary(evaluation: Evaluation) -> dict[str, Any]:
+    (network,) = evaluation.of_type("libvirt:index/network:Network")
+    roles = {n["name"]: n["role"] for n in evaluation.outputs["nodes"]["value"]}
+    nodes = []
+    for domain in evaluation.of_type("libvirt:index/domain:Domain"):
+        nic = domain.plain("networkInterfaces")[0]
+        disk = next(r for r in evaluation.of_type("libvirt:index/volume:Volume") if r.name == f"{nic['hostname']}-disk")
+        nodes.append(
+            {
+                "name": nic["hostname"],
+                "libvirt_name": domain.plain("name"),
+                "role": roles[nic["hostname"]],
+                "ip": nic["addresses"][0],
+                "mac": nic["mac"],
+                "fqdn": f"{nic['hostname']}.{network.plain('domain')}",
+                "vcpu": int(domain.plain("vcpu")),
+                "memory_mib": int(domain.plain("memory")),
+                "disk_gib": int(disk.plain("size")) // 1024**3,
+            }
+        )
+    cidr = network.plain("addresses")[0]
+    dns = network.plain("dns")
+    first_user = next(iter(evaluation.of_type("command:remote:Command")))
+    return {
+        "stack": evaluation.stack,
+        "ssh_user": first_user.plain("connection")["user"],
+        "network": {
+            "name": network.plain("name"),
+            "bridge": network.plain("bridge"),
+            "cidr": cidr,
+            "gateway": _gateway(cidr),
+            "domain": network.plain("domain"),
+            "dns_hosts": dns["hosts"],
+        },
+        "nodes": nodes,
+    }
+
+
+def _gateway(cidr: str) -> str:
+    import ipaddress
+
+    return str(ipaddress.ip_network(cidr).network_address + 1)
+
+
+def write_graph(evaluation: Evaluation, graph: dict[str, set[str]], out: Path) -> Path:
+    lines = ["digraph kube_on_air {", "  rankdir=LR;", '  node [shape=box, fontsize=10];']
+    for urn in sorted(graph):
+        resource = evaluation.by_urn[urn]
+        label = f"{short(urn)}\\n{resource.type.split(':')[-1]}"
+        lines.append(f'  "{short(urn)}" [label="{label}"];')
+        for dep in sorted(graph[urn]):
+            lines.append(f'  "{short(dep)}" -> "{short(urn)}";')
+    lines.append("}")
+    dot = out / "graph.dot"
+    _write(dot, "\n".join(lines) + "\n")
+    if shutil.which("dot"):
+        subprocess.run(["dot", "-Tsvg", str(dot), "-o", str(out / "graph.svg")], check=True, timeout=120)
+    return dot
+
+
+def render_stack(stack: str, overrides: dict[str, str], out_dir: Path) -> Path:
+    """Evaluate `stack` with `overrides` and write all its artifacts into `out_dir`."""
+    evaluation = evaluate(stack, config_with(stack, overrides))
+    if evaluation.error:
+        raise RuntimeError(evaluation.error)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    write_artifacts(evaluation, out_dir)
+    _write(out_dir / "summary.json", json.dumps(summary(evaluation), indent=2) + "\n")
+    graph = dependency_graph(evaluation)
+    write_graph(evaluation, graph, out_dir)
+    chain = longest_chain(graph)
+    counts = Counter(r.type for r in evaluation.resources if r.custom)
+    report = {
+        "resources": dict(sorted(counts.items())),
+        "longest_chain": [short(u) for u in chain],
+        "evaluation_seconds": round(evaluation.seconds, 2),
+    }
+    _write(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    return out_dir
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stack", default="air")
+    parser.add_argument("--out", default=str(ROOT / "build"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    args = parser.parse_args(argv)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    out = render_stack(args.stack, overrides, Path(args.out) / args.stack)
+    report = json.loads((out / "report.json").read_text())
+    print(f"rendered stack {args.stack} into {out} in {report['evaluation_seconds']} s")
+    for type_, count in report["resources"].items():
+        print(f"  {count:4d}  {type_}")
+    chain = report["longest_chain"]
+    print(f"longest dependency chain ({len(chain)} resources): {' -> '.join(chain)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
