@@ -84,8 +84,8 @@ class Cluster(pulumi.ComponentResource):
         if config.workloads:
             self.workloads = Workloads(
                 f"{name}-workloads",
-                WorkloadsArgs(config, self.kubernetes),
-                pulumi.ResourceOptions(parent=self, depends_on=[self.cni]),
+                WorkloadsArgs(config, self.kubernetes, self.cni),
+                pulumi.ResourceOptions(parent=self),
             )
         self.register_outputs({"kubeconfig": self.kubeconfig, "api_endpoint": config.api_endpoint})
 

@@ -42,6 +42,8 @@ ECHO_PORT = 8080
 class WorkloadsArgs:
     config: ClusterConfig
     provider: k8s.Provider
+    # Pods cannot start before the pod network exists; everything here waits for it.
+    cni: pulumi.Resource
 
 
 def spread_one_per_node(labels: dict[str, str]) -> list[TopologySpreadConstraintArgs]:
@@ -80,7 +82,7 @@ class Workloads(pulumi.ComponentResource):
         self.namespace = Namespace(
             f"{name}-ns",
             metadata=ObjectMetaArgs(name=NAMESPACE),
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider),
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.cni]),
         )
         child = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[self.namespace])
         # One replica per worker; with no workers the control plane is untainted and takes one.
