@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -27,11 +26,13 @@ class ClusterArgs:
 class Cluster(pulumi.ComponentResource):
     kubeconfig: pulumi.Output[str]
 
-    def __init__(self, name: str, args: ClusterArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:cluster:Cluster", name, None, opts)
         config = args.config
         private_key = pulumi.Output.secret(config.read_private_key())
-        self.libvirt = libvirt.Provider(f"{name}-libvirt", uri=config.libvirt_uri, opts=pulumi.ResourceOptions(parent=self))
+        self.libvirt = libvirt.Provider(
+            f"{name}-libvirt", uri=config.libvirt_uri, opts=pulumi.ResourceOptions(parent=self)
+        )
         on_host = pulumi.ResourceOptions(parent=self, providers=[self.libvirt])
         self.network = ClusterNetwork(f"{name}-network", ClusterNetworkArgs(config), on_host)
         self.store = ImageStore(f"{name}-images", ImageStoreArgs(config), on_host)
@@ -80,7 +81,7 @@ class Cluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(self.joins)),
         )
         self.cni = Cni(f"{name}-cni", CniArgs(config, self.kubernetes), pulumi.ResourceOptions(parent=self))
-        self.workloads: Optional[Workloads] = None
+        self.workloads: Workloads | None = None
         if config.workloads:
             self.workloads = Workloads(
                 f"{name}-workloads",

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_kubernetes.apps.v1 import DaemonSet, DaemonSetSpecArgs
 from pulumi_kubernetes.core.v1 import (
     ConfigMap,
+    ConfigMapVolumeSourceArgs,
     ContainerArgs,
     EnvVarArgs,
     EnvVarSourceArgs,
-    HTTPGetActionArgs,
     HostPathVolumeSourceArgs,
+    HTTPGetActionArgs,
     ObjectFieldSelectorArgs,
     PodSpecArgs,
     PodTemplateSpecArgs,
@@ -26,7 +26,6 @@ from pulumi_kubernetes.core.v1 import (
     TolerationArgs,
     VolumeArgs,
     VolumeMountArgs,
-    ConfigMapVolumeSourceArgs,
 )
 from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
 from pulumi_kubernetes.rbac.v1 import (
@@ -67,7 +66,7 @@ INSTALL_CNI = (
     "set -eu; "
     f"if [ ! -f {CNI_CONF_FILE} ]; then "
     "tmp=/etc/cni/net.d/.tmp-kuberouter-cfg; "
-    f"cp /etc/kube-router/cni-conf.json \"$tmp\"; mv \"$tmp\" {CNI_CONF_FILE}; fi"
+    f'cp /etc/kube-router/cni-conf.json "$tmp"; mv "$tmp" {CNI_CONF_FILE}; fi'
 )
 
 
@@ -80,7 +79,7 @@ class CniArgs:
 class Cni(pulumi.ComponentResource):
     """Installs the configured CNI; depend on this component to wait until pod networking is up."""
 
-    def __init__(self, name: str, args: CniArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: CniArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:cni:Cni", name, None, opts)
         child = pulumi.ResourceOptions(parent=self, provider=args.provider)
         if args.config.cni == "calico":
@@ -138,7 +137,7 @@ def _kube_router_rules() -> list[PolicyRuleArgs]:
     ]
 
 
-def _host_path(name: str, path: str, kind: Optional[str] = None) -> VolumeArgs:
+def _host_path(name: str, path: str, kind: str | None = None) -> VolumeArgs:
     return VolumeArgs(name=name, host_path=HostPathVolumeSourceArgs(path=path, type=kind))
 
 
@@ -162,7 +161,12 @@ def _kube_router_pod() -> PodSpecArgs:
             ContainerArgs(
                 name="kube-router",
                 image=KUBE_ROUTER_IMAGE,
-                args=["--run-router=true", "--run-firewall=true", "--run-service-proxy=false", "--bgp-graceful-restart=true"],
+                args=[
+                    "--run-router=true",
+                    "--run-firewall=true",
+                    "--run-service-proxy=false",
+                    "--bgp-graceful-restart=true",
+                ],
                 env=[
                     EnvVarArgs(
                         name="NODE_NAME",

@@ -11,9 +11,10 @@ import ipaddress
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Optional, TypeVar
+from typing import TypeVar
 
 NAMESPACE = "kube-on-air"
 
@@ -31,9 +32,7 @@ KUBEADM_MIN_VCPU = 2
 KUBEADM_MIN_MEMORY_MIB = 1700
 MAX_BRIDGE_NAME = 15  # Linux IFNAMSIZ - 1
 
-DEFAULT_IMAGE = (
-    "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2"
-)
+DEFAULT_IMAGE = "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2"
 
 # Key -> default. "{stack}" is replaced by the stack name.
 DEFAULTS: dict[str, str] = {
@@ -164,7 +163,7 @@ T = TypeVar("T")
 class _Reader:
     """Reads raw string values and collects problems instead of raising on the first."""
 
-    def __init__(self, raw: Mapping[str, Optional[str]], stack: str) -> None:
+    def __init__(self, raw: Mapping[str, str | None], stack: str) -> None:
         self.raw = raw
         self.stack = stack
         self.problems: list[ConfigProblem] = []
@@ -224,7 +223,7 @@ def bridge_name_for(stack: str) -> str:
     readable = f"koa-{stack}"
     if len(readable) <= MAX_BRIDGE_NAME and re.fullmatch(r"[a-zA-Z0-9-]+", stack):
         return readable
-    return "koa-" + hashlib.sha256(stack.encode()).hexdigest()[:MAX_BRIDGE_NAME - 4]
+    return "koa-" + hashlib.sha256(stack.encode()).hexdigest()[: MAX_BRIDGE_NAME - 4]
 
 
 def _check_range(reader: _Reader, key: str, value: int, low: int, high: int, fix: str) -> None:
@@ -232,23 +231,23 @@ def _check_range(reader: _Reader, key: str, value: int, low: int, high: int, fix
         reader.problem(key, value, fix)
 
 
-def _node_address(
-    reader: _Reader, key: str, node_id: int, network: Optional[ipaddress.IPv4Network]
-) -> str:
+def _node_address(reader: _Reader, key: str, node_id: int, network: ipaddress.IPv4Network | None) -> str:
     if network is None:
         return ""
     address = network.network_address + node_id
     gateway = network.network_address + 1
     if address not in network or address in (network.network_address, network.broadcast_address):
         reader.problem(
-            key, node_id, f"node address {address} is outside {network}'s usable hosts; pick an id in 2..{network.num_addresses - 2}"
+            key,
+            node_id,
+            f"node address {address} is outside {network}'s usable hosts; pick an id in 2..{network.num_addresses - 2}",
         )
     elif address == gateway:
         reader.problem(key, node_id, f"node address {address} is the network gateway; pick another id")
     return str(address)
 
 
-def _read_network(reader: _Reader) -> Optional[ipaddress.IPv4Network]:
+def _read_network(reader: _Reader) -> ipaddress.IPv4Network | None:
     network = reader.parse(
         "networkCidr", _network, "use an IPv4 network in CIDR form with host bits zero, e.g. 172.31.255.0/24", None
     )
@@ -258,9 +257,7 @@ def _read_network(reader: _Reader) -> Optional[ipaddress.IPv4Network]:
     return network
 
 
-def _read_nodes(
-    reader: _Reader, network: Optional[ipaddress.IPv4Network]
-) -> tuple[Optional[NodeSpec], tuple[NodeSpec, ...]]:
+def _read_nodes(reader: _Reader, network: ipaddress.IPv4Network | None) -> tuple[NodeSpec | None, tuple[NodeSpec, ...]]:
     cp_prefix = reader.text("controlPlanePrefix")
     worker_prefix = reader.text("workerPrefix")
     for key, prefix in (("controlPlanePrefix", cp_prefix), ("workerPrefix", worker_prefix)):
@@ -277,7 +274,9 @@ def _read_nodes(
     w_vcpu = reader.parse("workerVcpu", _int, "use a whole number of vCPUs", 1)
     w_mem = reader.parse("workerMemoryMiB", _int, "use a whole number of MiB", 1024)
     if cp_vcpu < KUBEADM_MIN_VCPU:
-        reader.problem("controlPlaneVcpu", cp_vcpu, f"kubeadm needs at least {KUBEADM_MIN_VCPU} vCPUs on the control plane")
+        reader.problem(
+            "controlPlaneVcpu", cp_vcpu, f"kubeadm needs at least {KUBEADM_MIN_VCPU} vCPUs on the control plane"
+        )
     if cp_mem < KUBEADM_MIN_MEMORY_MIB:
         reader.problem(
             "controlPlaneMemoryMiB", cp_mem, f"kubeadm needs at least {KUBEADM_MIN_MEMORY_MIB} MiB on the control plane"
@@ -290,7 +289,11 @@ def _read_nodes(
         reader.problem("resourcePrefix", stack_prefix, "use lowercase letters, digits and '-' (or empty)")
     worker_ids = [first_worker + i for i in range(count)]
     if cp_id in worker_ids:
-        reader.problem("firstWorkerId", first_worker, f"worker ids {worker_ids[0]}..{worker_ids[-1]} include controlPlaneId {cp_id}; start workers after it")
+        reader.problem(
+            "firstWorkerId",
+            first_worker,
+            f"worker ids {worker_ids[0]}..{worker_ids[-1]} include controlPlaneId {cp_id}; start workers after it",
+        )
 
     def spec(prefix: str, node_id: int, role: str, vcpu: int, mem: int, key: str) -> NodeSpec:
         ip = _node_address(reader, key, node_id, network)
@@ -313,7 +316,7 @@ def _read_nodes(
     return control_plane, workers
 
 
-def _read_kubernetes(reader: _Reader, network: Optional[ipaddress.IPv4Network]) -> tuple[str, str, str]:
+def _read_kubernetes(reader: _Reader, network: ipaddress.IPv4Network | None) -> tuple[str, str, str]:
     version = reader.text("kubernetesVersion").removeprefix("v")
     match = _VERSION.match(version)
     if not match:
@@ -339,12 +342,15 @@ def _read_choices(reader: _Reader) -> tuple[str, tuple[str, ...], str]:
     cni = reader.text("cni")
     if cni not in SUPPORTED_CNIS:
         reader.problem("cni", cni, f"use one of: {', '.join(SUPPORTED_CNIS)}")
+    no_workloads: tuple[str, ...] = ()
     workloads = reader.parse(
-        "workloads", _string_list, 'use a JSON list, e.g. ["kuard", "dnstools", "connectivity-check"]', ()
+        "workloads", _string_list, 'use a JSON list, e.g. ["kuard", "dnstools", "connectivity-check"]', no_workloads
     )
     unknown = [w for w in workloads if w not in SUPPORTED_WORKLOADS]
     if unknown:
-        reader.problem("workloads", ", ".join(unknown), f"unknown workload; choose from: {', '.join(SUPPORTED_WORKLOADS)}")
+        reader.problem(
+            "workloads", ", ".join(unknown), f"unknown workload; choose from: {', '.join(SUPPORTED_WORKLOADS)}"
+        )
     domain_type = reader.text("domainType")
     if domain_type not in DOMAIN_TYPES:
         reader.problem("domainType", domain_type, "use 'kvm' (hardware virtualisation) or 'qemu' (software emulation)")
@@ -370,7 +376,7 @@ def _read_ssh(reader: _Reader) -> tuple[str, str, str]:
     return user, key_path, public_key
 
 
-def load(raw: Mapping[str, Optional[str]], stack: str, libvirt_uri: Optional[str] = None) -> ClusterConfig:
+def load(raw: Mapping[str, str | None], stack: str, libvirt_uri: str | None = None) -> ClusterConfig:
     """Validate everything in `raw` (key -> string, None = unset); raise one ConfigError listing all problems."""
     reader = _Reader(raw, stack)
     network = _read_network(reader)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import pulumi
 from pulumi_command import local, remote
@@ -32,7 +32,7 @@ class ControlPlane(pulumi.ComponentResource):
     join_credentials: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
 
-    def __init__(self, name: str, args: ControlPlaneArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: ControlPlaneArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:kubeadm:ControlPlane", name, None, opts)
         config = args.config
         conn = ssh.connection(config, config.control_plane, args.private_key)
@@ -87,17 +87,17 @@ class WorkerJoinArgs:
 class WorkerJoin(pulumi.ComponentResource):
     """`kubeadm join` for one worker; on removal, drain + delete its Node and reset it first."""
 
-    def __init__(self, name: str, args: WorkerJoinArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: WorkerJoinArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:kubeadm:WorkerJoin", name, None, opts)
         config, spec = args.config, args.spec
-        join_config = args.control_plane.join_credentials.apply(
+        join_config: pulumi.Output[str] = args.control_plane.join_credentials.apply(
             lambda creds: join_config_from_credentials(config, spec, creds)
         )
         self.join = remote.Command(
             f"{name}-join",
             connection=ssh.connection(config, spec, args.private_key),
             create=render.kubeadm_join_script(spec),
-            stdin=pulumi.Output.secret(join_config),
+            stdin=join_config,  # secret: derived from the secret join credentials
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[args.node_ready, args.control_plane.credentials]),
         )

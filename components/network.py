@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_libvirt as libvirt
@@ -21,7 +20,7 @@ class ClusterNetwork(pulumi.ComponentResource):
 
     network: libvirt.Network
 
-    def __init__(self, name: str, args: ClusterNetworkArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: ClusterNetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:network:ClusterNetwork", name, None, opts)
         config = args.config
         self.network = libvirt.Network(
@@ -37,9 +36,7 @@ class ClusterNetwork(pulumi.ComponentResource):
             dns=libvirt.NetworkDnsArgs(
                 enabled=True,
                 local_only=True,
-                hosts=[
-                    libvirt.NetworkDnsHostArgs(hostname=config.fqdn(node), ip=node.ip) for node in config.nodes
-                ],
+                hosts=[libvirt.NetworkDnsHostArgs(hostname=config.fqdn(node), ip=node.ip) for node in config.nodes],
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )

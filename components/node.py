@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_libvirt as libvirt
@@ -30,7 +29,7 @@ class Node(pulumi.ComponentResource):
 
     ready: remote.Command
 
-    def __init__(self, name: str, args: NodeArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: NodeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:node:Node", name, None, opts)
         config, spec = args.config, args.spec
         child = pulumi.ResourceOptions(parent=self)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_libvirt as libvirt
@@ -22,7 +21,7 @@ class ImageStore(pulumi.ComponentResource):
     pool: libvirt.Pool
     base_image: libvirt.Volume
 
-    def __init__(self, name: str, args: ImageStoreArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: ImageStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:storage:ImageStore", name, None, opts)
         config = args.config
         self.pool = libvirt.Pool(

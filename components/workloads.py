@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -12,8 +11,8 @@ from pulumi_kubernetes.core.v1 import (
     ContainerArgs,
     ContainerPortArgs,
     ExecActionArgs,
-    HTTPGetActionArgs,
     HostPathVolumeSourceArgs,
+    HTTPGetActionArgs,
     Namespace,
     Pod,
     PodSpecArgs,
@@ -76,7 +75,7 @@ def _deployment(
 class Workloads(pulumi.ComponentResource):
     """Each workload is switched on by name in the `workloads` config list."""
 
-    def __init__(self, name: str, args: WorkloadsArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: WorkloadsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:workloads:Workloads", name, None, opts)
         config = args.config
         self.namespace = Namespace(
@@ -129,7 +128,8 @@ def _kuard(name: str, opts: pulumi.ResourceOptions) -> Pod:
             ],
             volumes=[
                 VolumeArgs(
-                    name="kuard-data", host_path=HostPathVolumeSourceArgs(path="/var/lib/kuard", type="DirectoryOrCreate")
+                    name="kuard-data",
+                    host_path=HostPathVolumeSourceArgs(path="/var/lib/kuard", type="DirectoryOrCreate"),
                 )
             ],
         ),
@@ -145,7 +145,9 @@ def _dnstools(name: str, replicas: int, opts: pulumi.ResourceOptions) -> Deploym
     return _deployment("dnstools", f"{name}-dnstools", replicas, pod, opts)
 
 
-def _connectivity_check(name: str, replicas: int, opts: pulumi.ResourceOptions) -> tuple[Deployment, Service, Deployment]:
+def _connectivity_check(
+    name: str, replicas: int, opts: pulumi.ResourceOptions
+) -> tuple[Deployment, Service, Deployment]:
     echo_pod = PodSpecArgs(
         containers=[
             ContainerArgs(
@@ -162,7 +164,9 @@ def _connectivity_check(name: str, replicas: int, opts: pulumi.ResourceOptions) 
     service = Service(
         f"{name}-echo-svc",
         metadata=ObjectMetaArgs(name="echo", namespace=NAMESPACE, labels={"app": "echo"}),
-        spec=ServiceSpecArgs(selector={"app": "echo"}, ports=[ServicePortArgs(name="http", port=ECHO_PORT, target_port=ECHO_PORT)]),
+        spec=ServiceSpecArgs(
+            selector={"app": "echo"}, ports=[ServicePortArgs(name="http", port=ECHO_PORT, target_port=ECHO_PORT)]
+        ),
         opts=opts,
     )
     # Ready only while it reaches echo through the Service's DNS name: pod network, DNS and services.
@@ -183,6 +187,10 @@ def _connectivity_check(name: str, replicas: int, opts: pulumi.ResourceOptions) 
         topology_spread_constraints=spread_one_per_node({"app": "probe"}),
     )
     probe = _deployment(
-        "probe", f"{name}-probe", replicas, probe_pod, pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[service]))
+        "probe",
+        f"{name}-probe",
+        replicas,
+        probe_pod,
+        pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[service])),
     )
     return echo, service, probe

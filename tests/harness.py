@@ -11,9 +11,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "kube-on-air"
@@ -62,7 +63,7 @@ class Evaluation:
     stack: str
     resources: list[Resource]
     outputs: dict[str, Any]
-    error: Optional[str]
+    error: str | None
     seconds: float
     by_urn: dict[str, Resource] = field(default_factory=dict)
 
@@ -167,24 +168,24 @@ def _fake_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]
 
 
 def _run_child(request: dict[str, Any]) -> dict[str, Any]:
-    import runpy
 
     import pulumi
-    from pulumi.runtime import mocks, rpc, stack as runtime_stack
+    from pulumi.runtime import mocks, rpc
+    from pulumi.runtime import stack as runtime_stack
 
     records: list[dict[str, Any]] = []
     outputs: dict[str, Any] = {}
 
     class Mocks(pulumi.runtime.Mocks):
-        def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict[Any, Any]]:
+        def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
             return f"{args.name}-id", _fake_state(args.typ, args.name, args.inputs)
 
-        def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], Optional[list[tuple[str, str]]]]:
+        def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
             raise NotImplementedError(f"the program made an unexpected invoke: {args.token}")
 
     class RecordingMonitor(mocks.MockMonitor):
         def RegisterResource(self, request: Any) -> Any:
-            response = super().RegisterResource(request)
+            response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
             if request.type != "pulumi:pulumi:Stack":
                 records.append(
                     {
@@ -213,21 +214,31 @@ def _run_child(request: dict[str, Any]) -> dict[str, Any]:
         monitor=RecordingMonitor(Mocks()),
     )
     pulumi.runtime.set_all_config(request["config"])
-    error: Optional[str] = None
+    error: str | None = None
     try:
-        mocks._sync_await(
-            runtime_stack.run_pulumi_func(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__"))
-        )
+        sync_await(runtime_stack.run_pulumi_func(_run_program))
         outputs.update(_stack_outputs())
-    except Exception as err:  # noqa: BLE001 - reported to the parent as data
+    except Exception as err:
         error = f"{type(err).__name__}: {err}"
     return {"resources": records, "outputs": outputs, "error": error}
+
+
+def _run_program() -> None:
+    import runpy
+
+    runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+
+
+def sync_await(awaitable: Any) -> Any:
+    """Pulumi's own helper for driving its event loop synchronously (not exported publicly)."""
+    from pulumi.runtime import mocks
+
+    return mocks._sync_await(awaitable)  # type: ignore[attr-defined]
 
 
 def _stack_outputs() -> dict[str, Any]:
     """Exports with their secretness, as {"value": ..., "secret": bool}."""
     import pulumi
-    from pulumi.runtime import mocks
     from pulumi.runtime.settings import get_root_resource
 
     root = get_root_resource()
@@ -235,8 +246,8 @@ def _stack_outputs() -> dict[str, Any]:
     for key, value in getattr(root, "outputs", {}).items():
         output = pulumi.Output.from_input(value)
         exported[key] = {
-            "value": mocks._sync_await(output.future()),
-            "secret": mocks._sync_await(output.is_secret()),
+            "value": sync_await(output.future()),
+            "secret": sync_await(output.is_secret()),
         }
     return exported
 

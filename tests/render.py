@@ -103,7 +103,11 @@ def _script_name(resource: Resource, phase: str) -> str:
 def write_artifacts(evaluation: Evaluation, out: Path) -> None:
     for seed in evaluation.of_type("libvirt:index/cloudInitDisk:CloudInitDisk"):
         node = seed.name.removesuffix("-seed")
-        for key, filename in (("userData", "user-data"), ("metaData", "meta-data"), ("networkConfig", "network-config")):
+        for key, filename in (
+            ("userData", "user-data"),
+            ("metaData", "meta-data"),
+            ("networkConfig", "network-config"),
+        ):
             _write(out / "nodes" / node / filename, seed.plain(key))
     for command in evaluation.of_type("command:remote:Command") + evaluation.of_type("command:local:Command"):
         for phase in ("create", "update", "delete"):
@@ -119,7 +123,9 @@ def write_artifacts(evaluation: Evaluation, out: Path) -> None:
     for index, resource in enumerate(kubernetes_objects(evaluation)):
         if resource.type.startswith("pulumi:providers"):
             continue
-        _write(out / "manifests" / f"{index:02d}-{resource.name}.yaml", yaml.safe_dump(manifest(resource), sort_keys=False))
+        _write(
+            out / "manifests" / f"{index:02d}-{resource.name}.yaml", yaml.safe_dump(manifest(resource), sort_keys=False)
+        )
 
 
 def summary(evaluation: Evaluation) -> dict[str, Any]:
@@ -167,7 +173,7 @@ def _gateway(cidr: str) -> str:
 
 
 def write_graph(evaluation: Evaluation, graph: dict[str, set[str]], out: Path) -> Path:
-    lines = ["digraph kube_on_air {", "  rankdir=LR;", '  node [shape=box, fontsize=10];']
+    lines = ["digraph kube_on_air {", "  rankdir=LR;", "  node [shape=box, fontsize=10];"]
     for urn in sorted(graph):
         resource = evaluation.by_urn[urn]
         label = f"{short(urn)}\\n{resource.type.split(':')[-1]}"
