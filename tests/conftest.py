@@ -1,0 +1,38 @@
+"""Shared fixtures: a throwaway SSH key pair and the stack configs the tests evaluate."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Evaluation, evaluate, stack_config
+
+NS = "kube-on-air"
+
+
+def make_key(directory: Path) -> Path:
+    key = directory / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
+    return key
+
+
+@pytest.fixture(scope="session")
+def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_key(tmp_path_factory.mktemp("ssh"))
+
+
+def air_config(ssh_key: Path, **overrides: str) -> dict[str, str]:
+    """Pulumi.air.yaml as the engine passes it, with the test key and `overrides` (keys without namespace)."""
+    config = stack_config("air")
+    config[f"{NS}:sshKeyPath"] = str(ssh_key)
+    config.update({f"{NS}:{key}": value for key, value in overrides.items()})
+    return config
+
+
+@pytest.fixture(scope="session")
+def air(ssh_key: Path) -> Evaluation:
+    evaluation = evaluate("air", air_config(ssh_key))
+    assert evaluation.error is None, evaluation.error
+    return evaluation

@@ -1,0 +1,142 @@
+"""Every user mistake in the stack config gives one clear error, before any resource exists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import config as cfg
+from tests.conftest import air_config
+from tests.harness import ROOT, evaluate
+
+NS = "kube-on-air"
+
+
+def raw_air(ssh_key: Path, **overrides: str) -> dict[str, str | None]:
+    raw: dict[str, str | None] = {
+        k.split(":", 1)[1]: v for k, v in air_config(ssh_key, **overrides).items() if k.startswith(NS)
+    }
+    return raw
+
+
+def problems(ssh_key: Path, **overrides: str) -> list[cfg.ConfigProblem]:
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.load(raw_air(ssh_key, **overrides), "air")
+    return caught.value.problems
+
+
+BAD_VALUES = [
+    # key, value, words the fix must contain
+    ("networkCidr", "172.31.255.0/33", "CIDR"),
+    ("networkCidr", "172.31.255.1/24", "host bits zero"),
+    ("networkCidr", "fd00::/64", "IPv4"),
+    ("networkCidr", "10.0.0.0/30", "/28"),
+    ("controlPlaneId", "300", "outside"),
+    ("controlPlaneId", "1", "gateway"),
+    ("controlPlaneId", "ten", "whole number"),
+    ("firstWorkerId", "9", "include controlPlaneId"),
+    ("workerCount", "three", "whole number"),
+    ("workerCount", "-1", "0..200"),
+    ("workerPrefix", "Work_", "lowercase"),
+    ("workerPrefix", "head", "differ"),
+    ("controlPlaneVcpu", "1", "at least 2"),
+    ("controlPlaneMemoryMiB", "1024", "at least 1700"),
+    ("workerMemoryMiB", "128", "512"),
+    ("cni", "flannel", "kube-router, calico"),
+    ("workloads", '["kuard", "nginx"]', "unknown workload"),  # shown as the unknown name only
+    ("workloads", "kuard", "JSON list"),
+    ("kubernetesVersion", "1.34", "full version"),
+    ("kubernetesVersion", "latest", "full version"),
+    ("kubernetesVersion", "1.28.4", "v1beta4"),
+    ("podCidr", "10.96.0.0/16", "overlap"),
+    ("podCidr", "172.31.0.0/16", "overlap networkCidr"),
+    ("serviceCidr", "10.96.0.0/33", "CIDR"),
+    ("sshKeyPath", "/nonexistent/key", "ssh-keygen"),
+    ("sshUser", "root", "other than root"),
+    ("dnsDomain", "bad_domain!", "DNS name"),
+    ("diskGiB", "2", "4..2048"),
+    ("prebaked", "yes", "true or false"),
+    ("imageSource", "debian.qcow2", "absolute path"),
+    ("domainType", "xen", "kvm"),
+    ("poolPath", "images", "absolute"),
+    ("resourcePrefix", "Air_", "lowercase"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "fix_words"), BAD_VALUES)
+def test_bad_value_names_key_value_and_fix(ssh_key: Path, key: str, value: str, fix_words: str) -> None:
+    found = problems(ssh_key, **{key: value})
+    message = str(cfg.ConfigError(found))
+    assert any(p.key == key or (key == "podCidr" and p.key == "serviceCidr") for p in found), message
+    assert f"{NS}:" in message
+    shown = "nginx" if key == "workloads" and "nginx" in value else value
+    assert shown in message, message
+    assert fix_words in message, message
+
+
+def test_air_stack_is_valid_and_reproduces_the_seed(ssh_key: Path) -> None:
+    config = cfg.load(raw_air(ssh_key), "air")
+    assert [n.name for n in config.nodes] == ["head10", "work11", "work12", "work13"]
+    assert [n.ip for n in config.nodes] == [f"172.31.255.{i}" for i in (10, 11, 12, 13)]
+    assert [n.libvirt_name for n in config.nodes] == ["head10", "work11", "work12", "work13"]
+    assert config.control_plane.vcpu >= cfg.KUBEADM_MIN_VCPU
+    assert config.pod_cidr == "10.244.0.0/16"
+    assert config.cni == "kube-router"
+
+
+def test_all_problems_are_reported_together(ssh_key: Path) -> None:
+    found = problems(ssh_key, cni="flannel", controlPlaneVcpu="1", kubernetesVersion="2.0")
+    assert {p.key for p in found} == {"cni", "controlPlaneVcpu", "kubernetesVersion"}
+
+
+def test_workers_that_leave_the_network_are_one_problem(ssh_key: Path) -> None:
+    found = problems(ssh_key, networkCidr="10.1.2.0/28", controlPlaneId="2", firstWorkerId="3", workerCount="20")
+    assert [p.key for p in found] == ["firstWorkerId"]
+    assert "lower workerCount" in found[0].fix
+
+
+def test_macs_are_deterministic_and_differ_per_stack(ssh_key: Path) -> None:
+    first = cfg.load(raw_air(ssh_key), "air")
+    again = cfg.load(raw_air(ssh_key), "air")
+    other = cfg.load(raw_air(ssh_key), "lab")
+    assert [n.mac for n in first.nodes] == [n.mac for n in again.nodes]
+    assert len({n.mac for n in first.nodes}) == len(first.nodes)
+    assert not {n.mac for n in first.nodes} & {n.mac for n in other.nodes}
+    assert all(n.mac.startswith("52:54:00:") for n in first.nodes)
+
+
+def test_bridge_names_fit_the_kernel_limit() -> None:
+    assert cfg.bridge_name_for("air") == "koa-air"
+    long = cfg.bridge_name_for("a-very-long-stack-name")
+    assert len(long) <= cfg.MAX_BRIDGE_NAME
+    assert long != cfg.bridge_name_for("a-very-long-stack-name2")
+
+
+def test_code_defaults_match_pulumi_yaml() -> None:
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    for key, default in cfg.DEFAULTS.items():
+        entry = declared[f"{NS}:{key}"]
+        value = entry["default"]
+        as_text = (
+            json.dumps(value)
+            if isinstance(value, list)
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+        )
+        expected = json.dumps(json.loads(default)) if entry["type"] == "array" else default
+        assert as_text == expected, key
+        assert entry["description"], key
+    assert set(declared) == {f"{NS}:{k}" for k in cfg.DEFAULTS}
+
+
+def test_program_registers_nothing_on_bad_config(ssh_key: Path) -> None:
+    evaluation = evaluate("air", air_config(ssh_key, cni="flannel", controlPlaneMemoryMiB="1000"))
+    assert evaluation.error is not None
+    assert "kube-on-air:cni = 'flannel'" in evaluation.error
+    assert "kube-on-air:controlPlaneMemoryMiB = '1000'" in evaluation.error
+    assert "Traceback" not in evaluation.error
+    assert evaluation.resources == []

@@ -1,0 +1,277 @@
+"""The whole program under Pulumi's mock runtime: what it registers, in which order, with which secrets."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import air_config
+from tests.harness import FAKE_CA_HASH, FAKE_KUBECONFIG, FAKE_TOKEN, Evaluation, Resource, evaluate, is_secret, unwrap
+
+DOMAIN = "libvirt:index/domain:Domain"
+VOLUME = "libvirt:index/volume:Volume"
+SEED = "libvirt:index/cloudInitDisk:CloudInitDisk"
+REMOTE = "command:remote:Command"
+LOCAL = "command:local:Command"
+K8S_PROVIDER = "pulumi:providers:kubernetes"
+
+
+def domains(evaluation: Evaluation) -> dict[str, Resource]:
+    return {d.plain("name"): d for d in evaluation.of_type(DOMAIN)}
+
+
+def test_air_stack_registers_the_seed_cluster(air: Evaluation) -> None:
+    assert len(air.of_type("libvirt:index/network:Network")) == 1
+    assert sorted(domains(air)) == ["head10", "work11", "work12", "work13"]
+    overlays = [v for v in air.of_type(VOLUME) if v.plain("baseVolumeId")]
+    assert len(overlays) == 4
+    assert {v.plain("size") for v in overlays} == {20 * 1024**3}
+    assert len(air.of_type(SEED)) == 4
+    assert [r.name for r in air.of_type(REMOTE) if r.name.endswith("-init")] == ["kube-on-air-control-plane-init"]
+    assert sorted(r.name for r in air.of_type(REMOTE) if r.name.endswith("-join")) == [
+        f"work1{i}-kubeadm-join" for i in (1, 2, 3)
+    ]
+    (daemon_set,) = air.of_type("kubernetes:apps/v1:DaemonSet")
+    assert daemon_set.plain("metadata")["name"] == "kube-router"
+    assert re.search(
+        r"kube-router:v\d+\.\d+\.\d+$", daemon_set.plain("spec")["template"]["spec"]["containers"][0]["image"]
+    )
+    deployments = {d.plain("metadata")["name"]: d for d in air.of_type("kubernetes:apps/v1:Deployment")}
+    assert sorted(deployments) == ["dnstools", "echo", "probe"]
+    assert deployments["dnstools"].plain("spec")["replicas"] == 3
+    (kuard,) = air.of_type("kubernetes:core/v1:Pod")
+    container = kuard.plain("spec")["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthy"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["resources"] == {
+        "limits": {"cpu": "100m", "memory": "128Mi"},
+        "requests": {"cpu": "50m", "memory": "64Mi"},
+    }
+    assert air.outputs["kubeconfig"]["secret"] is True
+
+
+def test_domains_follow_the_provider_rules(air: Evaluation) -> None:
+    network = air.of_type("libvirt:index/network:Network")[0]
+    for name, domain in domains(air).items():
+        assert domain.plain("machine") == "pc", "the cloud-init ISO is an IDE cdrom; q35 has no IDE"
+        nic = domain.plain("networkInterfaces")[0]
+        assert nic["waitForLease"] is False and domain.plain("qemuAgent") is False
+        assert nic["hostname"] == name and nic["mac"].startswith("52:54:00:")
+        assert domain.plain("autostart") is True
+        assert domain.plain("consoles")[0]["type"] == "pty"
+        assert domain.plain("cpu") == {"mode": "host-passthrough"}
+    hosts = {h["hostname"]: h["ip"] for h in network.plain("dns")["hosts"]}
+    assert hosts == {f"{n}.air.internal": f"172.31.255.{n[-2:]}" for n in domains(air)}
+    for resource in air.resources:
+        if resource.type.startswith("libvirt:index/"):
+            assert resource.plain("name"), (
+                f"{resource.name} has no explicit name: the provider would add a random suffix"
+            )
+
+
+def test_components_follow_pulumi_conventions(air: Evaluation) -> None:
+    components = [r for r in air.resources if not r.custom]
+    assert {c.type.split(":")[1] for c in components} == {
+        "cluster",
+        "network",
+        "storage",
+        "node",
+        "kubeadm",
+        "cni",
+        "workloads",
+    }
+    for component in components:
+        assert re.fullmatch(r"kube-on-air:[a-z]+:[A-Z][A-Za-z]+", component.type)
+    names_by_urn = {r.urn: r.name for r in air.resources}
+    for resource in air.resources:
+        parent = air.by_urn.get(resource.parent)
+        if parent is not None and parent.type != "kube-on-air:cluster:Cluster":
+            assert resource.name.startswith(names_by_urn[parent.urn]), f"{resource.name} not named from {parent.name}"
+    assert all(r.parent for r in air.resources), "everything lives under the cluster component"
+
+
+def transitive(evaluation: Evaluation, name: str) -> set[str]:
+    return {
+        evaluation.by_urn[u].name
+        for u in evaluation.transitive_dependencies(evaluation.named(name))
+        if u in evaluation.by_urn
+    }
+
+
+def test_dependency_order(air: Evaluation) -> None:
+    for worker in ("work11", "work12", "work13"):
+        before_join = transitive(air, f"{worker}-kubeadm-join")
+        assert {"kube-on-air-control-plane-init", f"{worker}-ready", f"{worker}-vm"} <= before_join
+        assert not any(n.endswith("-kubeadm-join") for n in before_join), "joins run in parallel"
+        assert f"{worker}-kubeadm-join" in transitive(air, f"{worker}-kubeadm-leave")
+    assert "head10-ready" in transitive(air, "kube-on-air-control-plane-init")
+    for workload in ("kube-on-air-workloads-probe", "kube-on-air-workloads-kuard", "kube-on-air-workloads-dnstools"):
+        assert "kube-on-air-cni-ds" in transitive(air, workload)
+    assert {f"work1{i}-kubeadm-join" for i in (1, 2, 3)} <= transitive(air, "kube-on-air-cni-ds")
+
+
+def test_kubernetes_resources_use_the_explicit_provider(air: Evaluation) -> None:
+    (provider,) = air.of_type(K8S_PROVIDER)
+    assert provider.is_secret("kubeconfig")
+    assert provider.plain("kubeconfig") == FAKE_KUBECONFIG
+    kube_objects = [r for r in air.resources if r.type.startswith("kubernetes:")]
+    assert len(kube_objects) >= 10
+    for resource in kube_objects:
+        assert resource.provider.startswith(provider.urn + "::"), resource.name
+    for resource in air.resources:
+        if resource.type.startswith("libvirt:index/"):
+            assert "pulumi:providers:libvirt" in resource.provider
+
+
+def all_command_lines(evaluation: Evaluation) -> list[str]:
+    return [
+        str(unwrap(r.inputs.get(phase)))
+        for r in evaluation.of_type(REMOTE) + evaluation.of_type(LOCAL)
+        for phase in ("create", "update", "delete")
+        if r.inputs.get(phase)
+    ]
+
+
+def test_secrets_stay_secret(air: Evaluation, ssh_key: Path) -> None:
+    private_key = ssh_key.read_text()
+    for command in air.of_type(REMOTE):
+        assert command.is_secret("connection"), f"{command.name}: the private key must be secret"
+        assert command.plain("connection")["privateKey"] == private_key
+    for name in ("kube-on-air-control-plane-join-credentials", "kube-on-air-control-plane-kubeconfig"):
+        command = air.named(name)
+        assert command.plain("logging") == "none"
+        assert {"stdout", "stderr"} <= set(command.additional_secret_outputs)
+        assert command.plain("addPreviousOutputInEnv") is False
+    for worker in ("work11", "work12", "work13"):
+        join = air.named(f"{worker}-kubeadm-join")
+        assert join.is_secret("stdin")
+        assert FAKE_TOKEN in join.plain("stdin")
+    for line in all_command_lines(air):
+        assert FAKE_TOKEN not in line and FAKE_CA_HASH not in line
+        assert "PRIVATE KEY" not in line and "client-key-data" not in line
+
+
+def test_no_secret_leaks_into_plain_inputs(air: Evaluation, ssh_key: Path) -> None:
+    private_key = ssh_key.read_text().strip().splitlines()[1]
+
+    def plain_parts(value: object) -> str:
+        if is_secret(value):
+            return ""
+        if isinstance(value, dict):
+            return " ".join(plain_parts(v) for v in value.values())
+        if isinstance(value, list):
+            return " ".join(plain_parts(v) for v in value)
+        return str(value)
+
+    for resource in air.resources:
+        text = plain_parts(resource.inputs)
+        assert FAKE_TOKEN not in text and private_key not in text and "client-key-data" not in text, resource.name
+
+
+def test_two_evaluations_are_identical(ssh_key: Path, air: Evaluation) -> None:
+    again = evaluate("air", air_config(ssh_key))
+    # Registration order may interleave differently; what each resource receives must not.
+    first = sorted((r.type, r.name, r.inputs, r.dependencies) for r in air.resources)
+    second = sorted((r.type, r.name, r.inputs, r.dependencies) for r in again.resources)
+    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+
+
+def test_scaling_adds_and_removes_workers_without_touching_the_rest(ssh_key: Path, air: Evaluation) -> None:
+    five = evaluate("air", air_config(ssh_key, workerCount="5"))
+    one = evaluate("air", air_config(ssh_key, workerCount="1"))
+    assert sorted(domains(five)) == ["head10", "work11", "work12", "work13", "work14", "work15"]
+    assert sorted(domains(one)) == ["head10", "work11"]
+    assert domains(five)["work15"].plain("networkInterfaces")[0]["addresses"] == ["172.31.255.15"]
+    for name in ("head10", "work11"):
+        # Unchanged inputs mean no replacement: scaling never rebuilds the nodes that stay.
+        assert domains(five)[name].inputs == domains(air)[name].inputs == domains(one)[name].inputs
+    dnstools = {e.stack + str(len(domains(e))): e for e in (air, five, one)}
+    replicas = {
+        key: next(d for d in e.of_type("kubernetes:apps/v1:Deployment") if d.name.endswith("dnstools")).plain("spec")[
+            "replicas"
+        ]
+        for key, e in dnstools.items()
+    }
+    assert replicas == {"air4": 3, "air6": 5, "air2": 1}
+    # A new worker set gets fresh join credentials (tokens expire).
+    assert air.named("kube-on-air-control-plane-join-credentials").plain("triggers") != five.named(
+        "kube-on-air-control-plane-join-credentials"
+    ).plain("triggers")
+
+
+def host_names(evaluation: Evaluation) -> dict[str, set[str]]:
+    networks = evaluation.of_type("libvirt:index/network:Network")
+    pools = evaluation.of_type("libvirt:index/pool:Pool")
+    return {
+        "network": {n.plain("name") for n in networks},
+        "bridge": {n.plain("bridge") for n in networks},
+        "cidr": {n.plain("addresses")[0] for n in networks},
+        "pool": {p.plain("name") for p in pools},
+        "pool_path": {p.plain("target")["path"] for p in pools},
+        "domain": set(domains(evaluation)),
+        "mac": {d.plain("networkInterfaces")[0]["mac"] for d in evaluation.of_type(DOMAIN)},
+    }
+
+
+def test_two_stacks_on_one_host_never_collide(ssh_key: Path, air: Evaluation) -> None:
+    lab = evaluate(
+        "lab",
+        {
+            "kube-on-air:sshKeyPath": str(ssh_key),
+            "kube-on-air:networkCidr": "172.31.254.0/24",
+            "kube-on-air:workerCount": "3",
+        },
+    )
+    assert lab.error is None, lab.error
+    ours, theirs = host_names(air), host_names(lab)
+    for kind in ours:
+        assert not ours[kind] & theirs[kind], f"{kind} collides: {ours[kind] & theirs[kind]}"
+    assert sorted(theirs["domain"]) == ["lab-head10", "lab-work11", "lab-work12", "lab-work13"]
+    assert all(len(b) <= 15 for b in theirs["bridge"])
+
+
+@pytest.fixture(scope="module")
+def variants(ssh_key: Path) -> dict[str, Evaluation]:
+    return {
+        "calico": evaluate("air", air_config(ssh_key, cni="calico")),
+        "prebaked": evaluate("air", air_config(ssh_key, prebaked="true", workloads="[]")),
+        "solo": evaluate("air", air_config(ssh_key, workerCount="0", keepBaseImage="true", domainType="qemu")),
+        "preview": evaluate("air", air_config(ssh_key), preview=True),
+    }
+
+
+def test_calico_replaces_kube_router(variants: dict[str, Evaluation]) -> None:
+    calico = variants["calico"]
+    assert calico.of_type("kubernetes:apps/v1:DaemonSet") == []
+    (config_file,) = calico.of_type("kubernetes:yaml/v2:ConfigFile")
+    assert re.search(r"/calico/v\d+\.\d+\.\d+/manifests/calico\.yaml$", config_file.plain("file"))
+    assert "pulumi:providers:kubernetes" in config_file.provider
+
+
+def test_prebaked_images_skip_package_installation(variants: dict[str, Evaluation], air: Evaluation) -> None:
+    for seed in variants["prebaked"].of_type(SEED):
+        assert "koa-install-kubernetes" not in seed.plain("userData")
+    for seed in air.of_type(SEED):
+        assert "kubeadm=${version}-*" in seed.plain("userData")
+    assert variants["prebaked"].of_type("kube-on-air:workloads:Workloads") == []
+
+
+def test_single_node_cluster_untaints_the_control_plane(variants: dict[str, Evaluation]) -> None:
+    solo = variants["solo"]
+    assert sorted(domains(solo)) == ["head10"]
+    init = solo.named("kube-on-air-control-plane-init")
+    documents = list(yaml.safe_load_all(init.plain("stdin")))
+    assert documents[0]["nodeRegistration"]["taints"] == []
+    assert solo.named("kube-on-air-images-base").retain_on_delete is True
+    assert domains(solo)["head10"].plain("type") == "qemu"
+    assert "cpu" not in domains(solo)["head10"].inputs
+
+
+def test_preview_evaluates_without_running_anything(variants: dict[str, Evaluation], air: Evaluation) -> None:
+    preview = variants["preview"]
+    assert preview.error is None
+    assert sorted(r.name for r in preview.resources) == sorted(r.name for r in air.resources)
