@@ -15,6 +15,7 @@ from components.kubeadm import ControlPlane, ControlPlaneArgs, WorkerJoin, Worke
 from components.network import ClusterNetwork, ClusterNetworkArgs
 from components.node import Node, NodeArgs
 from components.storage import ImageStore, ImageStoreArgs
+from components.timing import PhaseClock, PhaseClockArgs
 from components.workloads import Workloads, WorkloadsArgs
 
 
@@ -88,7 +89,20 @@ class Cluster(pulumi.ComponentResource):
                 WorkloadsArgs(config, self.kubernetes, self.cni),
                 pulumi.ResourceOptions(parent=self),
             )
+        self.clock = PhaseClock(f"{name}-phases", PhaseClockArgs(self._phases()), pulumi.ResourceOptions(parent=self))
         self.register_outputs({"kubeconfig": self.kubeconfig, "api_endpoint": config.api_endpoint})
+
+    def _phases(self) -> dict[str, list[pulumi.Resource]]:
+        phases: dict[str, list[pulumi.Resource]] = {
+            "vms-up": [node.domain for node in self.nodes.values()],
+            "cloud-init-done": [node.ready for node in self.nodes.values()],
+            "kubeadm-init": [self.control_plane.init],
+            "joins": [join.join for join in self.joins] or [self.control_plane.init],
+            "cni-ready": [self.cni],
+        }
+        if self.workloads is not None:
+            phases["workloads-ready"] = [self.workloads]
+        return phases
 
 
 def node_table(config: ClusterConfig) -> list[dict[str, str]]:
@@ -104,4 +118,5 @@ def export_outputs(config: ClusterConfig, cluster: Cluster) -> None:
     pulumi.export("nodes", node_table(config))
     pulumi.export("sshCommands", {n.name: ssh.ssh_command(config, n) for n in config.nodes})
     pulumi.export("hostsSnippet", render.hosts_snippet(config))
+    pulumi.export("phaseSeconds", cluster.clock.seconds)
     pulumi.export("network", {"name": config.network_name, "bridge": config.bridge_name, "cidr": config.network_cidr})

@@ -162,6 +162,9 @@ def _fake_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]
         state["stdout"] = f"{FAKE_TOKEN}\n{FAKE_CA_HASH}\n"
     elif type_ == "command:remote:Command" and name.endswith("-kubeconfig"):
         state["stdout"] = FAKE_KUBECONFIG
+    elif type_ == "command:local:Command" and inputs.get("create") == "date +%s.%N":
+        # Phase clock readings: the start marker, then every phase 42.5 s later.
+        state["stdout"] = "1000.0\n" if name.endswith("-start") else "1042.5\n"
     elif type_.startswith("command:"):
         state.setdefault("stdout", "")
     return state

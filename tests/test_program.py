@@ -83,6 +83,7 @@ def test_components_follow_pulumi_conventions(air: Evaluation) -> None:
         "kubeadm",
         "cni",
         "workloads",
+        "timing",
     }
     for component in components:
         assert re.fullmatch(r"kube-on-air:[a-z]+:[A-Z][A-Za-z]+", component.type)
@@ -275,3 +276,15 @@ def test_preview_evaluates_without_running_anything(variants: dict[str, Evaluati
     preview = variants["preview"]
     assert preview.error is None
     assert sorted(r.name for r in preview.resources) == sorted(r.name for r in air.resources)
+
+
+def test_phase_timing_is_recorded_in_run_order(air: Evaluation) -> None:
+    phases = air.outputs["phaseSeconds"]["value"]
+    assert set(phases) == {"vms-up", "cloud-init-done", "kubeadm-init", "joins", "cni-ready", "workloads-ready"}
+    assert set(phases.values()) == {42.5}
+    assert "kube-on-air-cni-ds" in transitive(air, "kube-on-air-phases-cni-ready")
+    assert "kube-on-air-workloads-probe" in transitive(air, "kube-on-air-phases-workloads-ready")
+    assert "kube-on-air-phases-start" in transitive(air, "kube-on-air-phases-vms-up")
+    for marker in air.of_type(LOCAL):
+        if marker.name.startswith("kube-on-air-phases-"):
+            assert marker.plain("create") == "date +%s.%N", "inputs carry no timestamps"

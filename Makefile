@@ -1,0 +1,89 @@
+# kube-on-air: one libvirt/KVM host -> one kubeadm cluster, as a Pulumi stack.
+#   make up     set everything up and run `pulumi up` on the stack (default: air)
+#   make test   lint, type-check and run the tests under Pulumi's mock runtime
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+STACK ?= air
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STATE_DIR := $(CURDIR)/.pulumi-state
+PASSPHRASE_FILE := $(STATE_DIR)/passphrase
+SSH_KEY ?= $(HOME)/.ssh/kube-on-air_ed25519
+PULUMI_BIN := $(HOME)/.pulumi/bin
+export PATH := $(PULUMI_BIN):$(PATH)
+# Local file backend and a generated passphrase: no Pulumi account needed.
+export PULUMI_BACKEND_URL := file://$(STATE_DIR)
+export PULUMI_CONFIG_PASSPHRASE_FILE := $(PASSPHRASE_FILE)
+export PULUMI_SKIP_UPDATE_CHECK := true
+
+.PHONY: help up preview destroy clean ls kubeconfig test test-vm lint render bench image deps dev-deps pulumi-cli stack
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.deps: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-deps: requirements-dev.txt $(VENV)/.deps
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+deps: $(VENV)/.deps
+dev-deps: $(VENV)/.dev-deps
+
+pulumi-cli: ## install the Pulumi CLI into ~/.pulumi if it is missing
+	@command -v pulumi >/dev/null || curl -fsSL https://get.pulumi.com | sh
+
+$(PASSPHRASE_FILE):
+	mkdir -p $(STATE_DIR)
+	umask 077 && head -c 32 /dev/urandom | base64 > $@
+
+$(SSH_KEY):
+	mkdir -p $(dir $@)
+	ssh-keygen -q -t ed25519 -N '' -C kube-on-air -f $@
+
+stack: deps pulumi-cli $(PASSPHRASE_FILE) $(SSH_KEY)
+	pulumi stack select --create $(STACK)
+
+up: stack ## set everything up and run `pulumi up` on STACK (default air)
+	pulumi up --stack $(STACK) $(ARGS)
+
+preview: stack ## show what `pulumi up` would change
+	pulumi preview --stack $(STACK) $(ARGS)
+
+destroy: stack ## drain, reset and delete every node, the network and the pool
+	pulumi destroy --stack $(STACK) $(ARGS)
+
+clean: destroy ## the seed's `make clean`: same as destroy
+
+ls: ## nodes, addresses and SSH commands of STACK (the seed's `make ls`)
+	pulumi stack output --stack $(STACK) nodes
+	pulumi stack output --stack $(STACK) sshCommands
+
+kubeconfig: ## write the admin kubeconfig of STACK to build/STACK/kubeconfig (mode 0600)
+	mkdir -p build/$(STACK)
+	umask 077 && pulumi stack output --stack $(STACK) --show-secrets kubeconfig > build/$(STACK)/kubeconfig
+	@echo "export KUBECONFIG=$(CURDIR)/build/$(STACK)/kubeconfig"
+
+lint: dev-deps ## ruff and mypy (strict) against the SDK types
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy __main__.py components tests
+
+test: lint ## lint, type-check, then all tests except the VM boot
+	$(PY) -m pytest -q
+
+test-vm: dev-deps ## boot a real node VM from the program's own cloud-init (slow)
+	$(PY) -m pytest -q -m vm tests/vm
+
+render: dev-deps $(SSH_KEY) ## write every artifact of STACK into build/STACK (no Pulumi CLI needed)
+	$(PY) -m tests.render --stack $(STACK)
+
+bench: dev-deps $(SSH_KEY) ## evaluation time and dependency chain for 1+3, 1+30, 1+100 workers
+	$(PY) -m tests.bench
