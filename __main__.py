@@ -2,13 +2,16 @@
 
 import pulumi
 
+from components import preflight
 from components.cluster import Cluster, ClusterArgs, export_outputs
 from components.config import ConfigError, load_from_pulumi
 
 try:
     config = load_from_pulumi()
-except ConfigError as err:
-    # A user mistake gets the message, not a traceback, and nothing is registered.
+    if preflight.should_run(config):
+        preflight.run_preflight(config)
+except (ConfigError, preflight.PreflightError) as err:
+    # A user mistake or an unfit host gets the message, not a traceback, and nothing is registered.
     raise pulumi.RunError(str(err)) from None
 
 cluster = Cluster("kube-on-air", ClusterArgs(config))

@@ -124,8 +124,13 @@ def unwrap(value: Any) -> Any:
     return value
 
 
-def evaluate(stack: str, config: dict[str, str], preview: bool = False, timeout: float = 120) -> Evaluation:
-    """Run __main__.py for `stack` with `config` (keys with namespace, values as strings)."""
+def evaluate(
+    stack: str, config: dict[str, str], preview: bool = False, timeout: float = 120, preflight: bool = False
+) -> Evaluation:
+    """Run __main__.py for `stack` with `config` (keys with namespace, values as strings).
+
+    The host preflight is off unless asked for: it inspects this machine, not the stack's host.
+    """
     request = json.dumps({"stack": stack, "config": config, "preview": preview})
     started = time.perf_counter()
     child = subprocess.run(
@@ -135,7 +140,7 @@ def evaluate(stack: str, config: dict[str, str], preview: bool = False, timeout:
         text=True,
         cwd=ROOT,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "KUBE_ON_AIR_SKIP_PREFLIGHT": "0" if preflight else "1"},
     )
     seconds = time.perf_counter() - started
     if child.returncode != 0:

@@ -140,3 +140,14 @@ def test_program_registers_nothing_on_bad_config(ssh_key: Path) -> None:
     assert "kube-on-air:controlPlaneMemoryMiB = '1000'" in evaluation.error
     assert "Traceback" not in evaluation.error
     assert evaluation.resources == []
+
+
+def test_preflight_failure_registers_nothing(ssh_key: Path) -> None:
+    # No libvirt answers on this socket on any machine: the preflight must stop the program.
+    config = air_config(ssh_key, domainType="qemu")
+    config["libvirt:uri"] = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
+    evaluation = evaluate("air", config, preflight=True)
+    assert evaluation.error is not None
+    assert "[libvirt]" in evaluation.error and "fix:" in evaluation.error
+    assert "Traceback" not in evaluation.error
+    assert evaluation.resources == []
