@@ -1,0 +1,82 @@
+"""Scale-down and destroy: a leaving worker is drained and deleted, then reset, and never blocks.
+
+The delete script is run for real with a stand-in `ssh` on PATH that records its arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from components import config as cfg
+from components import render
+from tests.conftest import air_config
+from tests.harness import Evaluation, evaluate
+
+FAKE_SSH = """#!/bin/bash
+printf '%s\\n' "$*" >> "$SSH_LOG"
+exit "${SSH_EXIT:-0}"
+"""
+
+
+def remove_script(ssh_key: Path, node: str = "work13") -> str:
+    raw = {k.split(":", 1)[1]: v for k, v in air_config(ssh_key).items() if k.startswith("kube-on-air:")}
+    config = cfg.load(raw, "air")
+    spec = next(n for n in config.workers if n.name == node)
+    return render.remove_worker_script(config, spec)
+
+
+def run_with_fake_ssh(tmp_path: Path, script: str, ssh_exit: int) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "ssh").write_text(FAKE_SSH)
+    (bin_dir / "ssh").chmod(0o755)
+    log = tmp_path / "ssh.log"
+    log.unlink(missing_ok=True)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SSH_LOG": str(log), "SSH_EXIT": str(ssh_exit)}
+    done = subprocess.run(["/bin/bash", "-c", script], capture_output=True, text=True, env=env, timeout=30)
+    return done, log.read_text().splitlines() if log.exists() else []
+
+
+def test_drains_and_deletes_on_the_control_plane_then_resets_the_worker(tmp_path: Path, ssh_key: Path) -> None:
+    done, calls = run_with_fake_ssh(tmp_path, remove_script(ssh_key), ssh_exit=0)
+    assert done.returncode == 0, done.stderr
+    assert len(calls) == 2
+    assert "kube@172.31.255.10" in calls[0]
+    assert "drain work13 --ignore-daemonsets --delete-emptydir-data" in calls[0]
+    assert calls[0].index("drain work13") < calls[0].index("delete node work13 --ignore-not-found")
+    assert "kube@172.31.255.13" in calls[1] and "kubeadm reset --force" in calls[1]
+    assert f"-i {ssh_key}" in calls[0] and "BatchMode=yes" in calls[0] and "ConnectTimeout=10" in calls[0]
+
+
+@pytest.mark.parametrize("ssh_exit", [255, 1])
+def test_unreachable_hosts_never_block_destroy(tmp_path: Path, ssh_key: Path, ssh_exit: int) -> None:
+    done, calls = run_with_fake_ssh(tmp_path, remove_script(ssh_key), ssh_exit=ssh_exit)
+    assert done.returncode == 0
+    assert len(calls) == 2, "the reset is still attempted when the drain failed"
+    assert "not drained" in done.stderr and "skipped kubeadm reset" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def scaled_down(ssh_key: Path) -> Evaluation:
+    return evaluate("air", air_config(ssh_key, workerCount="1"))
+
+
+def test_leave_runs_before_the_vm_and_while_the_control_plane_exists(air: Evaluation) -> None:
+    for worker in ("work11", "work12", "work13"):
+        leave = air.named(f"{worker}-kubeadm-leave")
+        assert leave.plain("create") is None, "nothing runs at create time"
+        assert f"drain {worker}" in leave.plain("delete")
+        before = {air.by_urn[u].name for u in air.transitive_dependencies(leave) if u in air.by_urn}
+        # Pulumi deletes in reverse dependency order: leave goes first, then join, the VM, the control plane.
+        assert {f"{worker}-kubeadm-join", f"{worker}-vm", "head10-vm", "kube-on-air-control-plane-init"} <= before
+
+
+def test_scale_down_keeps_the_surviving_nodes_untouched(air: Evaluation, scaled_down: Evaluation) -> None:
+    names = {r.name for r in scaled_down.resources}
+    assert "work12-kubeadm-leave" not in names and "work12-vm" not in names
+    for name in ("head10-vm", "work11-vm", "work11-kubeadm-leave", "kube-on-air-control-plane-init"):
+        assert scaled_down.named(name).inputs == air.named(name).inputs
