@@ -93,9 +93,7 @@ def vm_prereqs() -> None:
 @pytest.fixture(scope="session")
 def base_image(vm_prereqs: None) -> BaseImage:
     started = time.monotonic()
-    proc = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=1500, check=False
-    )
+    proc = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=1500, check=False)
     seconds = round(time.monotonic() - started, 1)
     if proc.returncode != 0:
         pytest.fail(f"build-image.sh failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -206,7 +204,12 @@ class Lab:
             )
             started = self.host.start_domain(spec, self.workdir)
             figures.update(
-                {"domain_type": self.domain_type, "boot": self.boot_mode, "vcpu": spec.vcpu, "memory_mib": spec.memory_mib}
+                {
+                    "domain_type": self.domain_type,
+                    "boot": self.boot_mode,
+                    "vcpu": spec.vcpu,
+                    "memory_mib": spec.memory_mib,
+                }
             )
             watch = BootWatch(
                 name=spec.name,

@@ -63,9 +63,7 @@ class Ssh:
         """Run `command` as the ssh session command (as pulumi-command does); never raises on exit status."""
         return self.run_argv((), command, timeout)
 
-    def run_argv(
-        self, options: Sequence[str], command: str, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
+    def run_argv(self, options: Sequence[str], command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Like run, with extra ssh client options."""
         argv = self.argv(command, batch_options=tuple(options))
         try:
@@ -180,7 +178,9 @@ class BootWatch:
             f"(cloud-init status exit {proc.returncode}, {self.elapsed()} s after start)"
         )
 
-    def wait_ready(self, banner_timeout: float = 420, login_timeout: float = 180, cloud_init_timeout: float = 600) -> None:
+    def wait_ready(
+        self, banner_timeout: float = 420, login_timeout: float = 180, cloud_init_timeout: float = 600
+    ) -> None:
         self.wait_for_banner(banner_timeout)
         self.wait_for_login(login_timeout)
         self.wait_for_cloud_init(cloud_init_timeout)

@@ -122,9 +122,7 @@ def _socket_answers(path: Path) -> bool:
 
 
 def _libvirtd_answers() -> bool:
-    proc = subprocess.run(
-        ["virsh", "-q", "-c", URI, "uri"], capture_output=True, text=True, timeout=30, check=False
-    )
+    proc = subprocess.run(["virsh", "-q", "-c", URI, "uri"], capture_output=True, text=True, timeout=30, check=False)
     return proc.returncode == 0
 
 

@@ -35,9 +35,7 @@ def broken_seed(rendered: Rendered, dest: Path) -> Path:
     return dest
 
 
-def test_broken_seed_is_reported_with_cloud_init_errors(
-    lab: Lab, rendered: Rendered, tmp_path: Path
-) -> None:
+def test_broken_seed_is_reported_with_cloud_init_errors(lab: Lab, rendered: Rendered, tmp_path: Path) -> None:
     node = rendered.node(NODE)
     seed = broken_seed(rendered, tmp_path / "seed")
     with lab.boot(node, seed, label=f"{NODE}-broken-seed") as booted:
