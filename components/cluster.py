@@ -79,7 +79,7 @@ class Cluster(pulumi.ComponentResource):
             enable_server_side_apply=True,
             # A destroyed or unreachable cluster must not block `pulumi destroy`.
             delete_unreachable=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(self.joins)),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[join.join for join in self.joins]),
         )
         self.cni = Cni(f"{name}-cni", CniArgs(config, self.kubernetes), pulumi.ResourceOptions(parent=self))
         self.workloads: Workloads | None = None

@@ -35,7 +35,19 @@ def config_with(stack: str, overrides: dict[str, str]) -> dict[str, str]:
 
 def manifest(resource: Resource) -> dict[str, Any]:
     """A Kubernetes object as the API server would receive it."""
-    return _plain_inputs(resource)
+    body: dict[str, Any] = _whole_numbers(_plain_inputs(resource))
+    return body
+
+
+def _whole_numbers(value: Any) -> Any:
+    """The mock runtime turns every number into a float; the engine would send 8080, not 8080.0."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
 
 
 def _plain_inputs(resource: Resource) -> dict[str, Any]:
@@ -95,7 +107,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _script_name(resource: Resource, phase: str) -> str:
-    if resource.name.endswith("-ready") and phase == "create":
+    if resource.type == "command:remote:Command" and resource.name.endswith("-ready") and phase == "create":
         return resource.name.removesuffix("-ready") + "-wait-ready.sh"
     return f"{resource.name}.sh" if phase == "create" else f"{resource.name}-{phase}.sh"
 
