@@ -302,7 +302,7 @@ def test_schema_version_is_the_pinned_minor(rendered: dict[str, Rendered]) -> No
 
 
 def test_shellcheck_flags_unquoted_variable_and_command_substitution() -> None:
-    problems = validate_shell_texts({"bad.sh": '#!/bin/bash\ndir=$1\nrm -rf $dir/cache\nkill $(cat /run/x.pid)\n'})
+    problems = validate_shell_texts({"bad.sh": "#!/bin/bash\ndir=$1\nrm -rf $dir/cache\nkill $(cat /run/x.pid)\n"})
     assert any(p.startswith("bad.sh:3:") and "SC2086" in p for p in problems), problems
     assert any(p.startswith("bad.sh:4:") and "SC2046" in p for p in problems), problems
 
