@@ -160,9 +160,7 @@ def validate_summary(facts: StackFacts) -> Problems:
     declared = {n.ip for n in facts.nodes.values()}
     problems: Problems = []
     if declared != expected:
-        problems.append(
-            f"summary.json: node addresses {sorted(declared)} differ from the config's {sorted(expected)}"
-        )
+        problems.append(f"summary.json: node addresses {sorted(declared)} differ from the config's {sorted(expected)}")
     roles = Counter(n.role for n in facts.nodes.values())
     if roles != Counter({"control-plane": 1, "worker": facts.worker_count}):
         problems.append(f"summary.json: roles {dict(roles)}; expected 1 control-plane, {facts.worker_count} worker(s)")
