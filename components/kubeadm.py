@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -13,10 +12,6 @@ from components.config import ClusterConfig, NodeSpec
 
 # Commands whose output carries secrets: never logged, outputs stored encrypted.
 _SECRET_OUTPUTS = ["stdout", "stderr"]
-
-
-def _secret_command_opts(parent: pulumi.Resource, depends_on: Sequence[pulumi.Resource]) -> pulumi.ResourceOptions:
-    return pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on), additional_secret_outputs=_SECRET_OUTPUTS)
 
 
 @dataclass(frozen=True)
@@ -44,28 +39,29 @@ class ControlPlane(pulumi.ComponentResource):
             triggers=[args.node_ready.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[args.node_ready]),
         )
-        self.credentials = remote.Command(
-            f"{name}-join-credentials",
-            connection=conn,
-            create=render.join_credentials_script(),
-            logging=remote.Logging.NONE,
-            add_previous_output_in_env=False,
-            # A new worker set gets a fresh token, so scaling up weeks later still joins.
-            triggers=[self.init.id, *(worker.name for worker in config.workers)],
-            opts=_secret_command_opts(self, [self.init]),
+        # A new worker set gets a fresh token, so scaling up weeks later still joins.
+        worker_set = [worker.name for worker in config.workers]
+        self.credentials = self._secret_command(
+            f"{name}-join-credentials", conn, render.join_credentials_script(), worker_set
         )
-        self.fetch_kubeconfig = remote.Command(
-            f"{name}-kubeconfig",
-            connection=conn,
-            create=render.fetch_kubeconfig_script(),
-            logging=remote.Logging.NONE,
-            add_previous_output_in_env=False,
-            triggers=[self.init.id],
-            opts=_secret_command_opts(self, [self.init]),
-        )
+        self.fetch_kubeconfig = self._secret_command(f"{name}-kubeconfig", conn, render.fetch_kubeconfig_script(), [])
         self.join_credentials = pulumi.Output.secret(self.credentials.stdout)
         self.kubeconfig = pulumi.Output.secret(self.fetch_kubeconfig.stdout)
         self.register_outputs({"kubeconfig": self.kubeconfig})
+
+    def _secret_command(
+        self, name: str, conn: remote.ConnectionArgs, script: str, triggers: list[str]
+    ) -> remote.Command:
+        """A command on the control plane that prints secrets: run after init, never logged."""
+        return remote.Command(
+            name,
+            connection=conn,
+            create=script,
+            logging=remote.Logging.NONE,
+            add_previous_output_in_env=False,
+            triggers=[self.init.id, *triggers],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.init], additional_secret_outputs=_SECRET_OUTPUTS),
+        )
 
 
 def join_config_from_credentials(config: ClusterConfig, node: NodeSpec, credentials: str) -> str:

@@ -1,22 +1,42 @@
 #!/usr/bin/env bash
 # Build (or reuse) a small Debian bookworm cloud-style base image for the node VM boot test.
 #
+# Also the user-facing node image builder (`make image`): with KOA_KUBERNETES_VERSION the image
+# additionally holds the pinned kubelet/kubeadm/kubectl (held, kubelet enabled) and, by default, the
+# control-plane images in containerd's k8s.io namespace, for `prebaked: true`.
+#
 # Output: a cache directory, printed as the only line on stdout, holding
 #   base.qcow2   partitioned disk (MBR, one ext4 partition labelled "rootfs", GRUB in the MBR gap)
 #   vmlinuz      kernel and initramfs of the image, for direct kernel boot
 #   initrd.img
-#   image.json   sizes and build time
-# The directory is keyed by a hash of this script (which holds the package list), so editing the
-# script builds a new image; an unchanged script reuses the cached one in about a second.
+#   image.json   sizes, build time and variant
+#   debs/        only with KOA_IMAGE_WITHOUT: the .debs `apt-get install <left-out packages>` would
+#                fetch into this image (what a node would download at first boot)
+# The directory is keyed by a hash of this script (which holds the package list) and of the variant
+# below, so editing the script or changing the variant builds a new image; an unchanged script
+# reuses the cached one in about a second.
 #
-# Needs root, debootstrap, e2fsprogs (mke2fs -d), fdisk (sfdisk), qemu-utils (qemu-img), flock.
-# No loop devices or mounts: the ext4 file system is built from a directory with `mke2fs -d` and
-# copied into the partition with dd.
+# Needs root, debootstrap, e2fsprogs (mke2fs -d), fdisk (sfdisk), qemu-utils (qemu-img), flock;
+# curl for the Kubernetes variant. No loop devices: the ext4 file system is built from a directory
+# with `mke2fs -d` and copied into the partition with dd (the Kubernetes variant mounts /proc in the
+# build tree while containerd pre-pulls images).
 #
 # Environment:
 #   KOA_VM_CACHE     cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/kube-on-air/vm)
 #   DEBIAN_MIRROR    Debian mirror URL (default: the first bookworm source in /etc/apt)
 #   KOA_VM_REBUILD=1 ignore a cached image
+#   KOA_IMAGE_OUT    also copy the finished qcow2 to this path (e.g. build/node-image.qcow2)
+#   KOA_KUBERNETES_VERSION=1.34.2
+#                    add the pkgs.k8s.io apt repository of that minor and install kubelet, kubeadm,
+#                    kubectl =<version>-* (+ kubernetes-cni, cri-tools, conntrack), held; needs
+#                    https://pkgs.k8s.io (and https://registry.k8s.io for the images) from this host
+#   KOA_PREPULL_IMAGES=1 (default with a version) fetch `kubeadm config images list` plus the
+#                    program's containerd sandbox image into containerd (k8s.io namespace) inside the
+#                    image; 0: leave them to `kubeadm init`/`join` at first use
+#   KOA_SANDBOX_IMAGE sandbox (pause) image to pre-pull (default: SANDBOX_IMAGE of components/render.py)
+#   KOA_IMAGE_WITHOUT=containerd
+#                    leave packages of the list below out (comma-separated) and keep their .debs in
+#                    debs/: the "bare" image of the boot-time saving test (tests/vm/test_prebaked_saving.py)
 set -euo pipefail
 
 SUITE=bookworm
@@ -31,12 +51,62 @@ log() { printf '[build-image] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 script_path=$(readlink -f "${BASH_SOURCE[0]}")
+repo_root=$(dirname "$(dirname "$(dirname "$script_path")")")
 cache_root=${KOA_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-on-air/vm}
-hash=$(sha256sum "$script_path" | cut -c1-16)
+
+# --- variant -------------------------------------------------------------------------------------
+k8s_version=${KOA_KUBERNETES_VERSION:-}
+k8s_version=${k8s_version#v}
+k8s_minor=
+prepull=0
+sandbox_image=
+without=()
+if [[ -n $k8s_version ]]; then
+    [[ $k8s_version =~ ^1\.[0-9]+\.[0-9]+$ ]] ||
+        die "KOA_KUBERNETES_VERSION=$k8s_version: want a full version such as 1.34.2 (the stack's kubernetesVersion)"
+    k8s_minor=${k8s_version%.*}
+    prepull=${KOA_PREPULL_IMAGES:-1}
+    [[ $prepull == 0 || $prepull == 1 ]] || die "KOA_PREPULL_IMAGES=$prepull: want 0 or 1"
+    if [[ $prepull == 1 ]]; then
+        sandbox_image=${KOA_SANDBOX_IMAGE:-$(sed -n 's/^SANDBOX_IMAGE = "\(.*\)"$/\1/p' "$repo_root/components/render.py" 2>/dev/null || true)}
+        [[ -n $sandbox_image ]] || die "no sandbox image: set KOA_SANDBOX_IMAGE (e.g. registry.k8s.io/pause:3.10)"
+    fi
+fi
+if [[ -n ${KOA_IMAGE_WITHOUT:-} ]]; then
+    IFS=, read -r -a without <<<"$KOA_IMAGE_WITHOUT"
+    [[ -z $k8s_version ]] || die "KOA_IMAGE_WITHOUT and KOA_KUBERNETES_VERSION do not go together"
+    for pkg in "${without[@]}"; do
+        [[ " ${PACKAGES[*]} " == *" $pkg "* ]] || die "KOA_IMAGE_WITHOUT: $pkg is not in this image's package list"
+    done
+    kept=()
+    for pkg in "${PACKAGES[@]}"; do
+        [[ ",$KOA_IMAGE_WITHOUT," == *",$pkg,"* ]] || kept+=("$pkg")
+    done
+    PACKAGES=("${kept[@]}")
+fi
+# Empty for the default image: the test image's key is the script's content, as before.
+variant=
+[[ -z $k8s_version ]] || variant="kubernetes=$k8s_version prepull=$prepull sandbox=$sandbox_image"
+((${#without[@]} == 0)) || variant="without=$(IFS=,; printf '%s' "${without[*]}")"
+
+hash=$({ cat "$script_path"; printf '%s' "$variant"; } | sha256sum | cut -c1-16)
 out_dir=$cache_root/$hash
+
+# KOA_IMAGE_OUT: a copy of the qcow2 where the user wants it, owned by the sudo caller.
+publish() {
+    local dest=${KOA_IMAGE_OUT:-}
+    [[ -n $dest ]] || return 0
+    mkdir -p "$(dirname "$dest")"
+    cp --sparse=always "$out_dir/base.qcow2" "$dest.tmp"
+    chmod 0644 "$dest.tmp"
+    if [[ -n ${SUDO_UID:-} && -n ${SUDO_GID:-} ]]; then chown "$SUDO_UID:$SUDO_GID" "$dest.tmp"; fi
+    mv "$dest.tmp" "$dest"
+    log "image copied to $(readlink -f "$dest")"
+}
 
 if [[ -f $out_dir/image.json && ${KOA_VM_REBUILD:-0} != 1 ]]; then
     log "reusing $out_dir"
+    publish
     printf '%s\n' "$out_dir"
     exit 0
 fi
@@ -45,6 +115,22 @@ fi
 for tool in debootstrap mke2fs sfdisk qemu-img flock chroot; do
     command -v "$tool" >/dev/null || die "missing $tool (apt-get install debootstrap e2fsprogs fdisk qemu-utils util-linux)"
 done
+
+# The Kubernetes variant needs pkgs.k8s.io (and registry.k8s.io): find out now, not after debootstrap.
+k8s_repo=
+if [[ -n $k8s_version ]]; then
+    command -v curl >/dev/null || die "missing curl (apt-get install curl)"
+    k8s_repo="https://pkgs.k8s.io/core:/stable:/v$k8s_minor/deb/"
+    if ! err=$(curl -fsS --max-time 20 -o /dev/null "${k8s_repo}Release.key" 2>&1); then
+        die "cannot reach ${k8s_repo}Release.key from this host ($err). A Kubernetes node image needs" \
+            "Internet access to pkgs.k8s.io (and registry.k8s.io unless KOA_PREPULL_IMAGES=0)." \
+            "Build it on a connected machine and copy the qcow2 here, or use prebaked: false."
+    fi
+    if [[ $prepull == 1 ]] && ! err=$(curl -sS --max-time 20 -o /dev/null https://registry.k8s.io/v2/ 2>&1); then
+        die "cannot reach https://registry.k8s.io from this host ($err); set KOA_PREPULL_IMAGES=0 to leave" \
+            "the control-plane images to kubeadm at first init"
+    fi
+fi
 
 # The mirror that serves $SUITE, read from this machine's apt sources (deb822 or one-line format).
 find_mirror() {
@@ -105,7 +191,11 @@ done
 start=$(date +%s.%N)
 work=$(mktemp -d "$cache_root/.build-XXXXXX")
 rootfs=$work/rootfs
-cleanup() { remove_build_dir "$work"; }
+containerd_pid=
+cleanup() {
+    if [[ -n $containerd_pid ]]; then kill "$containerd_pid" 2>/dev/null || true; wait "$containerd_pid" 2>/dev/null || true; fi
+    remove_build_dir "$work"
+}
 trap cleanup EXIT
 
 log "debootstrap $SUITE from $mirror into $rootfs"
@@ -116,6 +206,100 @@ debootstrap --variant=minbase --include="$include" --cache-dir="$cache_root/debo
     tail -n 30 "$work/debootstrap.log" >&2
     die "debootstrap failed"
 }
+
+# apt inside the build tree: the host's resolver for the moment (replaced by the stub link below),
+# no service starts.
+chroot_apt_begin() {
+    rm -f "$rootfs/etc/resolv.conf"
+    cp -L /etc/resolv.conf "$rootfs/etc/resolv.conf"
+    printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
+    chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
+}
+chroot_apt_end() { rm -f "$rootfs/usr/sbin/policy-rc.d"; }
+in_chroot() { chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive LC_ALL=C "$@"; }
+
+# The packages left out, as the .debs a node would download at first boot (same apt defaults as
+# templates/scripts/install-kubernetes.sh.j2: Recommends included).
+if ((${#without[@]} > 0)); then
+    log "downloading the left-out packages (${without[*]}) and what they pull in"
+    chroot_apt_begin
+    in_chroot apt-get update -q >"$work/apt.log" 2>&1 || { tail -n 20 "$work/apt.log" >&2; die "apt-get update in the image failed"; }
+    in_chroot apt-get clean
+    in_chroot apt-get install -y -q --download-only "${without[@]}" >>"$work/apt.log" 2>&1 ||
+        { tail -n 20 "$work/apt.log" >&2; die "apt-get install --download-only ${without[*]} failed"; }
+    mkdir -p "$work/debs"
+    mv "$rootfs"/var/cache/apt/archives/*.deb "$work/debs/"
+    chroot_apt_end
+fi
+
+# Pinned Kubernetes packages from pkgs.k8s.io, as install-kubernetes.sh.j2 does at boot.
+if [[ -n $k8s_version ]]; then
+    log "installing kubelet, kubeadm, kubectl $k8s_version from $k8s_repo"
+    chroot_apt_begin
+    keyring=/etc/apt/keyrings/kubernetes-apt-keyring.gpg
+    # (&&, not a { } group: set -e does not apply inside a group whose status is tested)
+    in_chroot apt-get update -q >"$work/apt.log" 2>&1 &&
+        in_chroot apt-get install -y -q curl gpg >>"$work/apt.log" 2>&1 &&
+        install -d -m 0755 "$rootfs/etc/apt/keyrings" &&
+        in_chroot curl -fsSL -o /tmp/kubernetes-release.key "${k8s_repo}Release.key" &&
+        in_chroot gpg --dearmor --yes -o "$keyring" /tmp/kubernetes-release.key &&
+        rm -f "$rootfs/tmp/kubernetes-release.key" &&
+        echo "deb [signed-by=$keyring] $k8s_repo /" >"$rootfs/etc/apt/sources.list.d/kubernetes.list" &&
+        in_chroot apt-get update -q >>"$work/apt.log" 2>&1 ||
+        { tail -n 20 "$work/apt.log" >&2; die "adding $k8s_repo to the image failed"; }
+    available=$(in_chroot apt-cache madison kubeadm | awk '{ print $3 }')
+    grep -q "^$k8s_version-" <<<"$available" ||
+        die "kubeadm $k8s_version is not in $k8s_repo (available: $(tr '\n' ' ' <<<"$available"))"
+    in_chroot apt-get install -y -q -o Dpkg::Options::=--force-confold \
+        "kubelet=$k8s_version-*" "kubeadm=$k8s_version-*" "kubectl=$k8s_version-*" \
+        kubernetes-cni cri-tools conntrack >>"$work/apt.log" 2>&1 ||
+        { tail -n 20 "$work/apt.log" >&2; die "installing the Kubernetes $k8s_version packages failed"; }
+    in_chroot apt-mark hold kubelet kubeadm kubectl >/dev/null
+    in_chroot systemctl enable kubelet >/dev/null 2>&1
+    [[ $(in_chroot kubeadm version -o short) == "v$k8s_version" ]] || die "kubeadm in the image is not v$k8s_version"
+
+    if [[ $prepull == 1 ]]; then
+        # containerd of the image, run in the build tree for the duration of the pulls. `content
+        # fetch` stores the blobs and the image record (what the CRI lists) without unpacking
+        # layers into snapshots, which needs overlay mounts; containerd's CRI unpacks an image on
+        # its first use (the no-snapshot fallback of its WithNewSnapshot).
+        mapfile -t images < <(in_chroot kubeadm config images list --kubernetes-version "v$k8s_version" 2>/dev/null)
+        ((${#images[@]} > 0)) || die "kubeadm config images list gave no images"
+        [[ " ${images[*]} " == *" $sandbox_image "* ]] || images+=("$sandbox_image")
+        log "pre-pulling ${#images[@]} images into the image's containerd: ${images[*]}"
+        sock=/run/koa-prepull/containerd.sock
+        mkdir -p "$rootfs/run/koa-prepull"
+        cat >"$rootfs/run/koa-prepull/config.toml" <<EOF
+version = 2
+root = "/var/lib/containerd"
+state = "/run/koa-prepull/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$sock"
+EOF
+        mount -t proc proc "$rootfs/proc"
+        chroot "$rootfs" containerd --config /run/koa-prepull/config.toml >"$work/containerd.log" 2>&1 &
+        containerd_pid=$!
+        ready=0
+        for _ in $(seq 60); do
+            if in_chroot ctr --address "$sock" version >/dev/null 2>&1; then ready=1; break; fi
+            kill -0 "$containerd_pid" 2>/dev/null || { tail -n 20 "$work/containerd.log" >&2; die "containerd in the image exited"; }
+            sleep 0.5
+        done
+        ((ready)) || { tail -n 20 "$work/containerd.log" >&2; die "containerd in the image did not answer within 30 s"; }
+        for ref in "${images[@]}"; do
+            in_chroot ctr --address "$sock" -n k8s.io content fetch --platform linux/amd64 "$ref" >>"$work/pull.log" 2>&1 ||
+                { tail -n 20 "$work/pull.log" >&2; die "pulling $ref failed"; }
+        done
+        in_chroot ctr --address "$sock" -n k8s.io images list -q >&2
+        kill "$containerd_pid"
+        wait "$containerd_pid" || true
+        containerd_pid=
+        umount "$rootfs/proc"
+        rm -rf "$rootfs/run/koa-prepull"
+    fi
+    chroot_apt_end
+fi
 
 log "preparing the image"
 # Locale: without a generated en_US.UTF-8 cloud-init's locale module fails (update-locale 255).
@@ -194,6 +378,10 @@ on_disk=$(($(stat -c %b "$work/base.qcow2") * 512))
 cat >"$work/image.json" <<EOF
 {
   "hash": "$hash",
+  "variant": "$variant",
+  "kubernetes_version": "$k8s_version",
+  "prepulled_images": $prepull,
+  "left_out_packages": "${without[*]}",
   "suite": "$SUITE",
   "kernel_version": "$kver",
   "rootfs_used_mib": $used_mib,
@@ -207,6 +395,8 @@ EOF
 rm -rf "$out_dir"
 mkdir -p "$out_dir"
 mv "$work/base.qcow2" "$work/vmlinuz" "$work/initrd.img" "$out_dir/"
+if [[ -d $work/debs ]]; then mv "$work/debs" "$out_dir/debs"; fi
 mv "$work/image.json" "$out_dir/image.json"  # last: its presence marks a complete image
 log "built $out_dir in $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.0f", b - a }') s"
+publish
 printf '%s\n' "$out_dir"

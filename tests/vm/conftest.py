@@ -90,17 +90,27 @@ def vm_prereqs() -> None:
         pytest.fail("the VM boot test must run as root (debootstrap, libvirtd, /var/lib/libvirt/images)")
 
 
-@pytest.fixture(scope="session")
-def base_image(vm_prereqs: None) -> BaseImage:
+def build_image(figures_key: str, env: dict[str, str] | None = None) -> BaseImage:
+    """Run build-image.sh (a cached image comes back in about a second); figures go to FIGURES[figures_key].
+
+    `env` selects a variant of the image (e.g. {"KOA_IMAGE_WITHOUT": "containerd"}), cached separately.
+    """
     started = time.monotonic()
-    proc = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=1500, check=False)
+    proc = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
     seconds = round(time.monotonic() - started, 1)
     if proc.returncode != 0:
-        pytest.fail(f"build-image.sh failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        pytest.fail(f"build-image.sh {env or ''} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     directory = Path(proc.stdout.strip().splitlines()[-1])
     info = json.loads((directory / "image.json").read_text())
     qcow2 = directory / "base.qcow2"
-    FIGURES["image"] = {
+    FIGURES[figures_key] = {
         "cache_dir": str(directory),
         "reused_from_cache": "reusing" in proc.stderr,
         "this_run_seconds": seconds,
@@ -111,6 +121,11 @@ def base_image(vm_prereqs: None) -> BaseImage:
         "kernel": info["kernel_version"],
     }
     return BaseImage(directory, qcow2, directory / "vmlinuz", directory / "initrd.img", info)
+
+
+@pytest.fixture(scope="session")
+def base_image(vm_prereqs: None) -> BaseImage:
+    return build_image("image")
 
 
 @pytest.fixture(scope="session")
