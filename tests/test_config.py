@@ -151,3 +151,16 @@ def test_preflight_failure_registers_nothing(ssh_key: Path) -> None:
     assert "[libvirt]" in evaluation.error and "fix:" in evaluation.error
     assert "Traceback" not in evaluation.error
     assert evaluation.resources == []
+
+
+def test_air_stack_values_have_the_declared_types() -> None:
+    # The Pulumi CLI refuses a stack whose values do not match Pulumi.yaml's declared types.
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    values = yaml.safe_load((ROOT / "Pulumi.air.yaml").read_text())["config"]
+    python_types = {"string": str, "integer": int, "boolean": bool, "array": list}
+    for key, value in values.items():
+        if not key.startswith(f"{NS}:"):
+            continue
+        assert key in declared, f"{key} is not declared in Pulumi.yaml"
+        expected = python_types[declared[key]["type"]]
+        assert type(value) is expected, f"{key}: {value!r} is not {declared[key]['type']}"
