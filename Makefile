@@ -85,5 +85,11 @@ test-vm: dev-deps ## boot a real node VM from the program's own cloud-init (slow
 render: dev-deps $(SSH_KEY) ## write every artifact of STACK into build/STACK (no Pulumi CLI needed)
 	$(PY) -m tests.render --stack $(STACK)
 
+K8S_VERSION = $(shell awk '/kube-on-air:kubernetesVersion:/ {print $$2}' Pulumi.$(STACK).yaml)
+image: ## node image with containerd, the pinned Kubernetes packages and control-plane images (needs pkgs.k8s.io)
+	sudo KOA_KUBERNETES_VERSION=$(K8S_VERSION) KOA_IMAGE_OUT=$(CURDIR)/build/node-image.qcow2 tests/vm/build-image.sh
+	@echo "pulumi config set --stack $(STACK) kube-on-air:imageSource $(CURDIR)/build/node-image.qcow2"
+	@echo "pulumi config set --stack $(STACK) kube-on-air:prebaked true"
+
 bench: dev-deps $(SSH_KEY) ## evaluation time and dependency chain for 1+3, 1+30, 1+100 workers
 	$(PY) -m tests.bench

@@ -255,7 +255,7 @@ if [[ -n $k8s_version ]]; then
         kubernetes-cni cri-tools conntrack >>"$work/apt.log" 2>&1 ||
         { tail -n 20 "$work/apt.log" >&2; die "installing the Kubernetes $k8s_version packages failed"; }
     in_chroot apt-mark hold kubelet kubeadm kubectl >/dev/null
-    in_chroot systemctl enable kubelet >/dev/null 2>&1
+    in_chroot systemctl enable kubelet >/dev/null
     [[ $(in_chroot kubeadm version -o short) == "v$k8s_version" ]] || die "kubeadm in the image is not v$k8s_version"
 
     if [[ $prepull == 1 ]]; then

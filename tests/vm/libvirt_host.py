@@ -377,6 +377,11 @@ class LibvirtHost:
         """What pulumi-libvirt does for a NIC with addresses + mac + hostname: a live ip-dhcp-host entry."""
         host = ET.tostring(ET.Element("host", mac=mac, name=name, ip=ip), encoding="unicode")
         virsh("net-update", network, "add", "ip-dhcp-host", host, "--live", "--config")
+        # Removed with the node, so a later boot of the same node (another image) can add it again.
+        self.on_close(
+            f"remove DHCP host {name} from {network}",
+            _virsh_action("net-update", network, "delete", "ip-dhcp-host", host, "--live", "--config"),
+        )
 
     # pool and volumes
 
