@@ -31,6 +31,7 @@ MAX_KUBERNETES_MINOR = 37
 KUBEADM_MIN_VCPU = 2
 KUBEADM_MIN_MEMORY_MIB = 1700
 MAX_BRIDGE_NAME = 15  # Linux IFNAMSIZ - 1
+MAX_WORKERS = 200
 
 DEFAULT_IMAGE = "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2"
 
@@ -234,15 +235,12 @@ def _check_range(reader: _Reader, key: str, value: int, low: int, high: int, fix
 def _node_address(reader: _Reader, key: str, node_id: int, network: ipaddress.IPv4Network | None) -> str:
     if network is None:
         return ""
+    usable = f"pick an id in 2..{network.num_addresses - 2}"
+    if not 0 < node_id < network.num_addresses - 1:
+        reader.problem(key, node_id, f"no usable address of {network} has this id; {usable}")
+        return ""
     address = network.network_address + node_id
-    gateway = network.network_address + 1
-    if address not in network or address in (network.network_address, network.broadcast_address):
-        reader.problem(
-            key,
-            node_id,
-            f"node address {address} is outside {network}'s usable hosts; pick an id in 2..{network.num_addresses - 2}",
-        )
-    elif address == gateway:
+    if address == network.network_address + 1:
         reader.problem(key, node_id, f"node address {address} is the network gateway; pick another id")
     return str(address)
 
@@ -268,7 +266,9 @@ def _read_nodes(reader: _Reader, network: ipaddress.IPv4Network | None) -> tuple
     cp_id = reader.parse("controlPlaneId", _int, "use a whole number, e.g. 10", 10)
     first_worker = reader.parse("firstWorkerId", _int, "use a whole number, e.g. 11", 11)
     count = reader.parse("workerCount", _int, "use a whole number of workers, e.g. 3", 0)
-    _check_range(reader, "workerCount", count, 0, 200, "use 0..200 workers")
+    if not 0 <= count <= MAX_WORKERS:
+        reader.problem("workerCount", count, f"use 0..{MAX_WORKERS} workers")
+        count = 0  # keep checking the rest without building an absurd worker list
     cp_vcpu = reader.parse("controlPlaneVcpu", _int, "use a whole number of vCPUs", KUBEADM_MIN_VCPU)
     cp_mem = reader.parse("controlPlaneMemoryMiB", _int, "use a whole number of MiB", KUBEADM_MIN_MEMORY_MIB)
     w_vcpu = reader.parse("workerVcpu", _int, "use a whole number of vCPUs", 1)

@@ -34,7 +34,9 @@ BAD_VALUES = [
     ("networkCidr", "172.31.255.1/24", "host bits zero"),
     ("networkCidr", "fd00::/64", "IPv4"),
     ("networkCidr", "10.0.0.0/30", "/28"),
-    ("controlPlaneId", "300", "outside"),
+    ("controlPlaneId", "300", "no usable address"),
+    ("controlPlaneId", "99999999999", "no usable address"),
+    ("controlPlaneId", "-3", "no usable address"),
     ("controlPlaneId", "1", "gateway"),
     ("controlPlaneId", "ten", "whole number"),
     ("firstWorkerId", "9", "include controlPlaneId"),
@@ -164,3 +166,15 @@ def test_air_stack_values_have_the_declared_types() -> None:
         assert key in declared, f"{key} is not declared in Pulumi.yaml"
         expected = python_types[declared[key]["type"]]
         assert type(value) is expected, f"{key}: {value!r} is not {declared[key]['type']}"
+
+
+JUNK = ["", " ", "-1", "0", "1e9", "99999999999999999999", "null", "[]", "{}", '["x"]', "../x", "ü", "1.2.3.4/40"]
+
+
+@pytest.mark.parametrize("key", sorted(cfg.DEFAULTS))
+def test_junk_values_never_escape_as_tracebacks(ssh_key: Path, key: str) -> None:
+    for junk in JUNK:
+        try:
+            cfg.load(raw_air(ssh_key, **{key: junk}), "air")
+        except cfg.ConfigError as err:
+            assert all(p.fix for p in err.problems), (key, junk)
