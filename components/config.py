@@ -255,20 +255,8 @@ def _read_network(reader: _Reader) -> ipaddress.IPv4Network | None:
     return network
 
 
-def _read_nodes(reader: _Reader, network: ipaddress.IPv4Network | None) -> tuple[NodeSpec | None, tuple[NodeSpec, ...]]:
-    cp_prefix = reader.text("controlPlanePrefix")
-    worker_prefix = reader.text("workerPrefix")
-    for key, prefix in (("controlPlanePrefix", cp_prefix), ("workerPrefix", worker_prefix)):
-        if not _DNS_LABEL.match(prefix + "1"):
-            reader.problem(key, prefix, "use lowercase letters, digits and '-', starting with a letter")
-    if cp_prefix == worker_prefix:
-        reader.problem("workerPrefix", worker_prefix, "must differ from controlPlanePrefix")
-    cp_id = reader.parse("controlPlaneId", _int, "use a whole number, e.g. 10", 10)
-    first_worker = reader.parse("firstWorkerId", _int, "use a whole number, e.g. 11", 11)
-    count = reader.parse("workerCount", _int, "use a whole number of workers, e.g. 3", 0)
-    if not 0 <= count <= MAX_WORKERS:
-        reader.problem("workerCount", count, f"use 0..{MAX_WORKERS} workers")
-        count = 0  # keep checking the rest without building an absurd worker list
+def _read_sizes(reader: _Reader) -> tuple[int, int, int, int]:
+    """vCPUs and MiB of the control plane and of each worker."""
     cp_vcpu = reader.parse("controlPlaneVcpu", _int, "use a whole number of vCPUs", KUBEADM_MIN_VCPU)
     cp_mem = reader.parse("controlPlaneMemoryMiB", _int, "use a whole number of MiB", KUBEADM_MIN_MEMORY_MIB)
     w_vcpu = reader.parse("workerVcpu", _int, "use a whole number of vCPUs", 1)
@@ -284,6 +272,24 @@ def _read_nodes(reader: _Reader, network: ipaddress.IPv4Network | None) -> tuple
     _check_range(reader, "workerVcpu", w_vcpu, 1, 64, "use 1..64 vCPUs")
     _check_range(reader, "workerMemoryMiB", w_mem, 512, 262144, "use at least 512 MiB per worker")
 
+    return cp_vcpu, cp_mem, w_vcpu, w_mem
+
+
+def _read_nodes(reader: _Reader, network: ipaddress.IPv4Network | None) -> tuple[NodeSpec | None, tuple[NodeSpec, ...]]:
+    cp_prefix = reader.text("controlPlanePrefix")
+    worker_prefix = reader.text("workerPrefix")
+    for key, prefix in (("controlPlanePrefix", cp_prefix), ("workerPrefix", worker_prefix)):
+        if not _DNS_LABEL.match(prefix + "1"):
+            reader.problem(key, prefix, "use lowercase letters, digits and '-', starting with a letter")
+    if cp_prefix == worker_prefix:
+        reader.problem("workerPrefix", worker_prefix, "must differ from controlPlanePrefix")
+    cp_id = reader.parse("controlPlaneId", _int, "use a whole number, e.g. 10", 10)
+    first_worker = reader.parse("firstWorkerId", _int, "use a whole number, e.g. 11", 11)
+    count = reader.parse("workerCount", _int, "use a whole number of workers, e.g. 3", 0)
+    if not 0 <= count <= MAX_WORKERS:
+        reader.problem("workerCount", count, f"use 0..{MAX_WORKERS} workers")
+        count = 0  # keep checking the rest without building an absurd worker list
+    cp_vcpu, cp_mem, w_vcpu, w_mem = _read_sizes(reader)
     stack_prefix = reader.text("resourcePrefix")
     if not _PREFIX.match(stack_prefix):
         reader.problem("resourcePrefix", stack_prefix, "use lowercase letters, digits and '-' (or empty)")
