@@ -129,3 +129,13 @@ def test_wait_ready_script_passes_twice(ssh: Ssh, rendered: Rendered) -> None:
         code = proc.returncode
         assert code == 0, f"wait-ready run {attempt} exited {code}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
     FIGURES["nodes"][NODE]["wait_ready_seconds"] = seconds
+
+
+def test_join_script_refuses_clearly_without_kubeadm(ssh: Ssh, rendered: Rendered) -> None:
+    """This image has no kubeadm (it cannot be downloaded here): the program's join step must say so, not crash."""
+    script = (rendered.directory / "scripts" / f"{NODE}-kubeadm-join.sh").read_text()
+    proc = ssh.run(script, timeout=120)
+    assert proc.returncode == 1, f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
+    assert f"kubeadm is not installed on {NODE}" in proc.stderr
+    assert "make image" in proc.stderr
+    assert ssh.run("sudo test -e /var/lib/kube-on-air/join-config.yaml").returncode == 1, "nothing written on refusal"
