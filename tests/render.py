@@ -8,6 +8,7 @@ kubeadm/*.yaml, scripts/*.sh, manifests/*.yaml, graph.dot (+ graph.svg when grap
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from tests.harness import ROOT, Evaluation, Resource, evaluate, stack_config
+from tests.harness import ROOT, Evaluation, Resource, evaluate, stack_config, unwrap
 
 NAMESPACE = "kube-on-air"
 K8S_PREFIX = "kubernetes:"
@@ -51,8 +52,6 @@ def _whole_numbers(value: Any) -> Any:
 
 
 def _plain_inputs(resource: Resource) -> dict[str, Any]:
-    from tests.harness import unwrap
-
     return {k: unwrap(v) for k, v in resource.inputs.items()}
 
 
@@ -179,8 +178,6 @@ def summary(evaluation: Evaluation) -> dict[str, Any]:
 
 
 def _gateway(cidr: str) -> str:
-    import ipaddress
-
     return str(ipaddress.ip_network(cidr).network_address + 1)
 
 
