@@ -73,6 +73,17 @@ class Ssh:
                 err.cmd, 124, _text(err.stdout), _text(err.stderr) + f"\n(timed out after {timeout:.0f} s)"
             )
 
+    def run_across_restarts(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        """Like run, but reconnect while sshd is briefly down: cloud-init restarts it (e.g. when it applies
+        ssh_pwauth), so a login that just worked can be refused a second later."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            proc = self.run(command, timeout=max(remaining, 1))
+            if not is_connection_failure(proc) or time.monotonic() + 2 >= deadline:
+                return proc
+            time.sleep(2)
+
     def out(self, command: str, timeout: float = 60) -> str:
         """stdout of a command that must succeed."""
         proc = self.run(command, timeout)
@@ -82,6 +93,16 @@ class Ssh:
                 f"stdout: {proc.stdout.strip()}\nstderr: {proc.stderr.strip()}"
             )
         return proc.stdout
+
+
+CONNECTION_FAILURE = re.compile(
+    r"Connection refused|Connection reset|Connection closed|kex_exchange_identification|Connection timed out"
+)
+
+
+def is_connection_failure(proc: subprocess.CompletedProcess[str]) -> bool:
+    """ssh itself failed to reach sshd (exit 255 with a connection error), as opposed to the command failing."""
+    return proc.returncode == 255 and CONNECTION_FAILURE.search(proc.stderr) is not None
 
 
 def _text(data: bytes | str | None) -> str:
@@ -159,7 +180,7 @@ class BootWatch:
 
     def wait_for_cloud_init(self, timeout: float) -> str:
         """Block on `cloud-init status --wait --long`; raise CloudInitError with its error lines on failure."""
-        proc = self.ssh.run("cloud-init status --wait --long", timeout=timeout)
+        proc = self.ssh.run_across_restarts("cloud-init status --wait --long", timeout=timeout)
         status, detail = parse_status(proc.stdout)
         self.timings["cloud_init_finished_seconds"] = self.elapsed()
         if proc.returncode == 124:
@@ -170,7 +191,7 @@ class BootWatch:
         if status == "done" and proc.returncode == 0:
             self.timings["cloud_init_done_seconds"] = self.timings["cloud_init_finished_seconds"]
             return proc.stdout
-        output_tail = self.ssh.run("sudo tail -n 15 /var/log/cloud-init-output.log", timeout=30).stdout.rstrip()
+        output_tail = self.ssh.run_across_restarts("sudo tail -n 15 /var/log/cloud-init-output.log", 60).stdout.rstrip()
         reason = "; ".join(detail) or proc.stderr.strip() or f"exit {proc.returncode}"
         raise CloudInitError(
             f"cloud-init status: {status or 'unknown'}: {reason}\n"
