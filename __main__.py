@@ -2,7 +2,7 @@
 
 import pulumi
 
-from components import preflight
+from components import hostkeys, preflight
 from components.cluster import Cluster, ClusterArgs, export_outputs
 from components.config import ConfigError, load_from_pulumi
 
@@ -10,9 +10,10 @@ try:
     config = load_from_pulumi()
     if preflight.should_run(config):
         preflight.run_preflight(config)
+    host_keys = hostkeys.ensure_host_keys(config)
 except (ConfigError, preflight.PreflightError) as err:
     # A user mistake or an unfit host gets the message, not a traceback, and nothing is registered.
     raise pulumi.RunError(str(err)) from None
 
-cluster = Cluster("kube-on-air", ClusterArgs(config))
+cluster = Cluster("kube-on-air", ClusterArgs(config, host_keys))
 export_outputs(config, cluster)

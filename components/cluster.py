@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_libvirt as libvirt
 
-from components import render, ssh
+from components import hostkeys, render, ssh
 from components.cni import Cni, CniArgs
 from components.config import ClusterConfig
+from components.hostkeys import HostKey
 from components.kubeadm import ControlPlane, ControlPlaneArgs, WorkerJoin, WorkerJoinArgs
 from components.network import ClusterNetwork, ClusterNetworkArgs
 from components.node import Node, NodeArgs
@@ -22,6 +24,7 @@ from components.workloads import Workloads, WorkloadsArgs
 @dataclass(frozen=True)
 class ClusterArgs:
     config: ClusterConfig
+    host_keys: Mapping[str, HostKey]
 
 
 class Cluster(pulumi.ComponentResource):
@@ -30,7 +33,7 @@ class Cluster(pulumi.ComponentResource):
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:cluster:Cluster", name, None, opts)
         config = args.config
-        private_key = pulumi.Output.secret(config.read_private_key())
+        access = ssh.access(config, args.host_keys)
         self.libvirt = libvirt.Provider(
             f"{name}-libvirt", uri=config.libvirt_uri, opts=pulumi.ResourceOptions(parent=self)
         )
@@ -46,7 +49,7 @@ class Cluster(pulumi.ComponentResource):
                     pool_name=self.store.pool.name,
                     base_volume_id=self.store.base_image.id,
                     network_id=self.network.network.id,
-                    private_key=private_key,
+                    access=access,
                 ),
                 on_host,
             )
@@ -55,7 +58,7 @@ class Cluster(pulumi.ComponentResource):
         cp = config.control_plane
         self.control_plane = ControlPlane(
             f"{name}-control-plane",
-            ControlPlaneArgs(config=config, node_ready=self.nodes[cp.name].ready, private_key=private_key),
+            ControlPlaneArgs(config=config, node_ready=self.nodes[cp.name].ready, access=access),
             pulumi.ResourceOptions(parent=self),
         )
         self.joins = [
@@ -66,7 +69,7 @@ class Cluster(pulumi.ComponentResource):
                     spec=spec,
                     node_ready=self.nodes[spec.name].ready,
                     control_plane=self.control_plane,
-                    private_key=private_key,
+                    access=access,
                 ),
                 pulumi.ResourceOptions(parent=self),
             )
@@ -118,5 +121,6 @@ def export_outputs(config: ClusterConfig, cluster: Cluster) -> None:
     pulumi.export("nodes", node_table(config))
     pulumi.export("sshCommands", {n.name: ssh.ssh_command(config, n) for n in config.nodes})
     pulumi.export("hostsSnippet", render.hosts_snippet(config))
+    pulumi.export("knownHostsFile", hostkeys.known_hosts_path(config))
     pulumi.export("phaseSeconds", cluster.clock.seconds)
     pulumi.export("network", {"name": config.network_name, "bridge": config.bridge_name, "cidr": config.network_cidr})

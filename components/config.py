@@ -60,6 +60,7 @@ DEFAULTS: dict[str, str] = {
     "keepBaseImage": "false",
     "sshKeyPath": "~/.ssh/kube-on-air_ed25519",
     "sshUser": "kube",
+    "hostKeyDir": "~/.local/share/kube-on-air/{stack}/host-keys",
     "domainType": "kvm",
     "poolPath": "/var/lib/libvirt/images/kube-on-air-{stack}",
 }
@@ -135,6 +136,7 @@ class ClusterConfig:
     ssh_key_path: str
     ssh_public_key: str
     ssh_user: str
+    host_key_dir: str
     domain_type: str
     libvirt_uri: str
 
@@ -382,6 +384,13 @@ def _read_ssh(reader: _Reader) -> tuple[str, str, str]:
     return user, key_path, public_key
 
 
+def _read_host_key_dir(reader: _Reader) -> str:
+    directory = os.path.expanduser(reader.text("hostKeyDir"))
+    if not directory.startswith("/"):
+        reader.problem("hostKeyDir", directory, "use an absolute directory on the Pulumi host (~ is allowed)")
+    return directory
+
+
 def load(raw: Mapping[str, str | None], stack: str, libvirt_uri: str | None = None) -> ClusterConfig:
     """Validate everything in `raw` (key -> string, None = unset); raise one ConfigError listing all problems."""
     reader = _Reader(raw, stack)
@@ -390,6 +399,7 @@ def load(raw: Mapping[str, str | None], stack: str, libvirt_uri: str | None = No
     version, pods, services = _read_kubernetes(reader, network)
     cni, workloads, domain_type = _read_choices(reader)
     user, key_path, public_key = _read_ssh(reader)
+    host_key_dir = _read_host_key_dir(reader)
     domain = reader.text("dnsDomain").lower()
     if not _DNS_NAME.match(domain):
         reader.problem("dnsDomain", domain, "use a DNS name such as air.internal")
@@ -432,6 +442,7 @@ def load(raw: Mapping[str, str | None], stack: str, libvirt_uri: str | None = No
         ssh_key_path=key_path,
         ssh_public_key=public_key,
         ssh_user=user,
+        host_key_dir=host_key_dir,
         domain_type=domain_type,
         libvirt_uri=libvirt_uri or DEFAULT_LIBVIRT_URI,
     )

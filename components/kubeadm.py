@@ -18,7 +18,7 @@ _SECRET_OUTPUTS = ["stdout", "stderr"]
 class ControlPlaneArgs:
     config: ClusterConfig
     node_ready: remote.Command
-    private_key: pulumi.Output[str]
+    access: ssh.Access
 
 
 class ControlPlane(pulumi.ComponentResource):
@@ -30,7 +30,7 @@ class ControlPlane(pulumi.ComponentResource):
     def __init__(self, name: str, args: ControlPlaneArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:kubeadm:ControlPlane", name, None, opts)
         config = args.config
-        conn = ssh.connection(config, config.control_plane, args.private_key)
+        conn = args.access.connection(config.control_plane)
         self.init = remote.Command(
             f"{name}-init",
             connection=conn,
@@ -77,7 +77,7 @@ class WorkerJoinArgs:
     spec: NodeSpec
     node_ready: remote.Command
     control_plane: ControlPlane
-    private_key: pulumi.Output[str]
+    access: ssh.Access
 
 
 class WorkerJoin(pulumi.ComponentResource):
@@ -91,7 +91,7 @@ class WorkerJoin(pulumi.ComponentResource):
         )
         self.join = remote.Command(
             f"{name}-join",
-            connection=ssh.connection(config, spec, args.private_key),
+            connection=args.access.connection(spec),
             create=render.kubeadm_join_script(spec),
             stdin=join_config,  # secret: derived from the secret join credentials
             add_previous_output_in_env=False,
@@ -101,7 +101,7 @@ class WorkerJoin(pulumi.ComponentResource):
         # it depends on both, so a worker leaves the cluster cleanly before its domain goes.
         self.leave = local.Command(
             f"{name}-leave",
-            delete=render.remove_worker_script(config, spec),
+            delete=render.remove_worker_script(config, spec, args.access.host_keys),
             interpreter=["/bin/bash", "-c"],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.join]),
         )

@@ -21,7 +21,7 @@ class NodeArgs:
     pool_name: pulumi.Input[str]
     base_volume_id: pulumi.Input[str]
     network_id: pulumi.Input[str]
-    private_key: pulumi.Output[str]
+    access: ssh.Access
 
 
 class Node(pulumi.ComponentResource):
@@ -46,7 +46,8 @@ class Node(pulumi.ComponentResource):
             f"{name}-seed",
             name=f"{spec.name}-seed.iso",
             pool=args.pool_name,
-            user_data=render.user_data(config, spec),
+            # Carries the node's private host key.
+            user_data=pulumi.Output.secret(render.user_data(config, spec, args.access.host_keys[spec.name])),
             meta_data=render.meta_data(config, spec),
             network_config=render.network_config(config, spec),
             opts=child,
@@ -81,7 +82,7 @@ class Node(pulumi.ComponentResource):
         )
         self.ready = remote.Command(
             f"{name}-ready",
-            connection=ssh.connection(config, spec, args.private_key),
+            connection=args.access.connection(spec),
             create=render.wait_ready_script(spec),
             # A replaced VM is a new machine: wait for it again.
             triggers=[self.domain.id],

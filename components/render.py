@@ -5,13 +5,16 @@ Pure functions of the validated config: the same config always renders the same 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from components import hostkeys
 from components.config import ClusterConfig, NodeSpec
+from components.hostkeys import HostKey
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -52,7 +55,7 @@ def install_script(config: ClusterConfig) -> str:
     )
 
 
-def user_data(config: ClusterConfig, node: NodeSpec) -> str:
+def user_data(config: ClusterConfig, node: NodeSpec, host_key: HostKey) -> str:
     return render(
         "cloud-init/user-data.yaml.j2",
         hostname=node.name,
@@ -60,6 +63,9 @@ def user_data(config: ClusterConfig, node: NodeSpec) -> str:
         role=node.role,
         ssh_user=config.ssh_user,
         ssh_public_key=config.ssh_public_key,
+        host_key_type=hostkeys.KEY_TYPE,
+        host_private_key=host_key.private,
+        host_public_key=host_key.public,
         kernel_modules=KERNEL_MODULES,
         sysctls=SYSCTLS,
         containerd_config=render("cloud-init/containerd-config.toml.j2", sandbox_image=SANDBOX_IMAGE).rstrip("\n"),
@@ -129,7 +135,9 @@ def fetch_kubeconfig_script() -> str:
     return render("scripts/fetch-kubeconfig.sh.j2")
 
 
-def remove_worker_script(config: ClusterConfig, node: NodeSpec) -> str:
+def remove_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
+    # The two hosts it talks to, pinned: the script runs at delete time, long after this evaluation.
+    pinned = {config.control_plane.name: host_keys[config.control_plane.name], node.name: host_keys[node.name]}
     return render(
         "scripts/remove-worker.sh.j2",
         hostname=node.name,
@@ -137,6 +145,7 @@ def remove_worker_script(config: ClusterConfig, node: NodeSpec) -> str:
         control_plane_ip=config.control_plane.ip,
         ssh_user=config.ssh_user,
         ssh_key_path=config.ssh_key_path,
+        known_hosts=hostkeys.known_hosts(config, pinned).rstrip("\n"),
         drain_timeout=DRAIN_TIMEOUT,
     )
 

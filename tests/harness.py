@@ -130,7 +130,10 @@ def evaluate(
     """Run __main__.py for `stack` with `config` (keys with namespace, values as strings).
 
     The host preflight is off unless asked for: it inspects this machine, not the stack's host.
+    Node host keys are kept beside the test's SSH key unless the config names a directory, so tests
+    never write under $HOME and two evaluations with the same key share their host keys.
     """
+    config = with_test_host_key_dir(stack, config)
     request = json.dumps({"stack": stack, "config": config, "preview": preview})
     started = time.perf_counter()
     child = subprocess.run(
@@ -148,6 +151,13 @@ def evaluate(
     result = json.loads(child.stdout)
     resources = [Resource(**r) for r in result["resources"]]
     return Evaluation(stack, resources, result["outputs"], result["error"], seconds)
+
+
+def with_test_host_key_dir(stack: str, config: dict[str, str]) -> dict[str, str]:
+    key_path = config.get("kube-on-air:sshKeyPath")
+    if key_path is None or "kube-on-air:hostKeyDir" in config:
+        return config
+    return {**config, "kube-on-air:hostKeyDir": str(Path(key_path).parent / "host-keys" / stack)}
 
 
 def stack_config(stack: str) -> dict[str, str]:

@@ -143,6 +143,8 @@ def summary(evaluation: Evaluation) -> dict[str, Any]:
     (network,) = evaluation.of_type("libvirt:index/network:Network")
     roles = {n["name"]: n["role"] for n in evaluation.outputs["nodes"]["value"]}
     nodes = []
+    commands = evaluation.of_type("command:remote:Command")
+    ready = {c.name.removesuffix("-ready"): c for c in commands if c.name.endswith("-ready")}
     for domain in evaluation.of_type("libvirt:index/domain:Domain"):
         nic = domain.plain("networkInterfaces")[0]
         disk = next(r for r in evaluation.of_type("libvirt:index/volume:Volume") if r.name == f"{nic['hostname']}-disk")
@@ -157,6 +159,7 @@ def summary(evaluation: Evaluation) -> dict[str, Any]:
                 "vcpu": int(domain.plain("vcpu")),
                 "memory_mib": int(domain.plain("memory")),
                 "disk_gib": int(disk.plain("size")) // 1024**3,
+                "host_key": ready[nic["hostname"]].plain("connection")["hostKey"],
             }
         )
     cidr = network.plain("addresses")[0]

@@ -223,6 +223,19 @@ def test_user_data_of_another_node_is_rejected(air: Rendered) -> None:
     assert any("hostname 'work11' is not the node name 'work12'" in p for p in problems), problems
 
 
+def test_user_data_must_install_the_pinned_host_key(air: Rendered) -> None:
+    text = _read(air, "nodes/work11/user-data")
+    other_node = air.facts.nodes["work12"].host_key
+    swapped = replace(air.facts.nodes["work11"], host_key=other_node)
+    problems = validate_user_data(text, swapped, air.facts.ssh_user, "user-data", run_schema=False)
+    assert any("not the host key the program pins for work11" in p for p in problems), problems
+    data = yaml.safe_load(text)
+    data["ssh_genkeytypes"] = ["ed25519", "rsa"]
+    extra = "#cloud-config\n" + yaml.safe_dump(data)
+    problems = validate_user_data(extra, air.facts.nodes["work11"], air.facts.ssh_user, "user-data", run_schema=False)
+    assert any("ssh_genkeytypes: [ed25519]" in p for p in problems), problems
+
+
 def test_install_script_must_be_executable_and_run(air: Rendered) -> None:
     text = _read(air, "nodes/work11/user-data").replace('permissions: "0755"', 'permissions: "0644"')
     text = text.replace("  - [/usr/local/sbin/koa-install-kubernetes]\n", "")

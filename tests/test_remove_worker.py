@@ -11,22 +11,27 @@ from pathlib import Path
 
 import pytest
 
-from components import config as cfg
-from components import render
 from tests.conftest import air_config
 from tests.harness import Evaluation, evaluate
 
 FAKE_SSH = """#!/bin/bash
 printf '%s\\n' "$*" >> "$SSH_LOG"
+for arg in "$@"; do
+  case "$arg" in
+    UserKnownHostsFile=*)
+      cat "${arg#UserKnownHostsFile=}" >> "$SSH_LOG.known_hosts"
+      echo "${arg#UserKnownHostsFile=}" >> "$SSH_LOG.paths" ;;
+  esac
+done
 exit "${SSH_EXIT:-0}"
 """
 
 
-def remove_script(ssh_key: Path, node: str = "work13") -> str:
-    raw = {k.split(":", 1)[1]: v for k, v in air_config(ssh_key).items() if k.startswith("kube-on-air:")}
-    config = cfg.load(raw, "air")
-    spec = next(n for n in config.workers if n.name == node)
-    return render.remove_worker_script(config, spec)
+def remove_script(air: Evaluation, node: str = "work13") -> str:
+    """The delete script exactly as the program hands it to pulumi-command."""
+    script = air.named(f"{node}-kubeadm-leave").plain("delete")
+    assert isinstance(script, str)
+    return script
 
 
 def run_with_fake_ssh(tmp_path: Path, script: str, ssh_exit: int) -> tuple[subprocess.CompletedProcess[str], list[str]]:
@@ -41,8 +46,10 @@ def run_with_fake_ssh(tmp_path: Path, script: str, ssh_exit: int) -> tuple[subpr
     return done, log.read_text().splitlines() if log.exists() else []
 
 
-def test_drains_and_deletes_on_the_control_plane_then_resets_the_worker(tmp_path: Path, ssh_key: Path) -> None:
-    done, calls = run_with_fake_ssh(tmp_path, remove_script(ssh_key), ssh_exit=0)
+def test_drains_and_deletes_on_the_control_plane_then_resets_the_worker(
+    tmp_path: Path, ssh_key: Path, air: Evaluation
+) -> None:
+    done, calls = run_with_fake_ssh(tmp_path, remove_script(air), ssh_exit=0)
     assert done.returncode == 0, done.stderr
     assert len(calls) == 2
     assert "kube@172.31.255.10" in calls[0]
@@ -52,9 +59,26 @@ def test_drains_and_deletes_on_the_control_plane_then_resets_the_worker(tmp_path
     assert f"-i {ssh_key}" in calls[0] and "BatchMode=yes" in calls[0] and "ConnectTimeout=10" in calls[0]
 
 
+def test_talks_only_to_the_pinned_hosts(tmp_path: Path, air: Evaluation) -> None:
+    done, calls = run_with_fake_ssh(tmp_path, remove_script(air), ssh_exit=0)
+    assert done.returncode == 0, done.stderr
+    assert all("StrictHostKeyChecking=yes" in call for call in calls)
+    seen = (tmp_path / "ssh.log.known_hosts").read_text().splitlines()
+    pinned = {
+        node: " ".join(air.named(f"{node}-ready").plain("connection")["hostKey"].split()[:2])
+        for node in ("head10", "work13")
+    }
+    assert len(seen) == 4, "one known_hosts file with both hosts, read by each of the two ssh calls"
+    assert any(line.startswith("172.31.255.10,head10,") and line.endswith(pinned["head10"]) for line in seen)
+    assert any(line.startswith("172.31.255.13,work13,") and line.endswith(pinned["work13"]) for line in seen)
+    assert not any("work12" in line for line in seen)
+    paths = set((tmp_path / "ssh.log.paths").read_text().split())
+    assert len(paths) == 1 and not Path(paths.pop()).exists(), "the temporary known_hosts file is removed"
+
+
 @pytest.mark.parametrize("ssh_exit", [255, 1])
-def test_unreachable_hosts_never_block_destroy(tmp_path: Path, ssh_key: Path, ssh_exit: int) -> None:
-    done, calls = run_with_fake_ssh(tmp_path, remove_script(ssh_key), ssh_exit=ssh_exit)
+def test_unreachable_hosts_never_block_destroy(tmp_path: Path, air: Evaluation, ssh_exit: int) -> None:
+    done, calls = run_with_fake_ssh(tmp_path, remove_script(air), ssh_exit=ssh_exit)
     assert done.returncode == 0
     assert len(calls) == 2, "the reset is still attempted when the drain failed"
     assert "not drained" in done.stderr and "skipped kubeadm reset" in done.stderr

@@ -84,6 +84,7 @@ class NodeFacts:
     ip: str
     mac: str
     fqdn: str
+    host_key: str  # what the program pins for this node ("ssh-ed25519 AAAA... comment")
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,9 @@ def stack_facts(stack: str, config: Mapping[str, str], summary: Mapping[str, Any
         return config_value(config, key, stack)
 
     nodes = {
-        n["name"]: NodeFacts(name=n["name"], role=n["role"], ip=n["ip"], mac=n["mac"], fqdn=n["fqdn"])
+        n["name"]: NodeFacts(
+            name=n["name"], role=n["role"], ip=n["ip"], mac=n["mac"], fqdn=n["fqdn"], host_key=n["host_key"]
+        )
         for n in summary["nodes"]
     }
     return StackFacts(
@@ -176,13 +179,14 @@ CLOUD_CONFIG_HEADER = "#cloud-config"
 USER_DATA_KEYS_USED = frozenset(
     {
         "hostname", "fqdn", "prefer_fqdn_over_hostname", "manage_etc_hosts", "users", "disable_root",
-        "ssh_pwauth", "growpart", "resize_rootfs", "write_files", "runcmd",
+        "ssh_pwauth", "ssh_deletekeys", "ssh_genkeytypes", "ssh_keys", "growpart", "resize_rootfs",
+        "write_files", "runcmd",
     }
 )  # fmt: skip
 USER_DATA_KEYS_ACCEPTED = frozenset(
     {
         "bootcmd", "packages", "package_update", "package_upgrade", "package_reboot_if_required", "apt",
-        "ssh_authorized_keys", "ssh_deletekeys", "ssh_genkeytypes", "timezone", "locale", "ntp", "mounts",
+        "ssh_authorized_keys", "timezone", "locale", "ntp", "mounts",
         "swap", "preserve_hostname", "final_message", "power_state", "groups",
     }
 )  # fmt: skip
@@ -232,7 +236,22 @@ def _user_data_consistency(data: Mapping[str, Any], node: NodeFacts, ssh_user: s
     with_keys = [u for u in users or [] if isinstance(u, dict) and u.get("ssh_authorized_keys")]
     if not any(u.get("name") == ssh_user for u in with_keys):
         problems.append(f"{label}: no user {ssh_user!r} with ssh_authorized_keys: the remote commands could not log in")
+    problems += _host_key_pinned(data, node, label)
     return problems
+
+
+def _host_key_pinned(data: Mapping[str, Any], node: NodeFacts, label: str) -> Problems:
+    """The node must present exactly the host key the program's connections verify."""
+    key_type = node.host_key.split()[0].removeprefix("ssh-")
+    keys = data.get("ssh_keys") or {}
+    installed = str(keys.get(f"{key_type}_public", "")).split()[:2]
+    if installed != node.host_key.split()[:2]:
+        return [f"{label}: ssh_keys.{key_type}_public is not the host key the program pins for {node.name}"]
+    if "PRIVATE KEY" not in str(keys.get(f"{key_type}_private", "")):
+        return [f"{label}: ssh_keys.{key_type}_private is missing: the node would not present the pinned key"]
+    if data.get("ssh_genkeytypes") != [key_type] or data.get("ssh_deletekeys") is not True:
+        return [f"{label}: set ssh_deletekeys: true and ssh_genkeytypes: [{key_type}] (the pinned key, no other)"]
+    return []
 
 
 def embedded_scripts(text: str) -> list[tuple[str, str]]:

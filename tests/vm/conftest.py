@@ -67,6 +67,7 @@ class Rendered:
     directory: Path
     summary: dict[str, Any]
     key: Path
+    known_hosts: Path  # the file the program writes and tells users to ssh with (knownHostsFile)
 
     def node(self, name: str) -> dict[str, Any]:
         for node in self.summary["nodes"]:
@@ -138,9 +139,11 @@ def rendered(vm_prereqs: None, tmp_path_factory: pytest.TempPathFactory) -> Rend
     tmp = tmp_path_factory.mktemp("stack")
     key = tmp / "id_ed25519"
     lh.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kube-on-air-vm-test", "-f", str(key)])
-    out = render_stack(STACK, {"prebaked": "true", "sshKeyPath": str(key), "domainType": "qemu"}, tmp / "render")
+    host_keys = tmp / "host-keys"
+    overrides = {"prebaked": "true", "sshKeyPath": str(key), "hostKeyDir": str(host_keys), "domainType": "qemu"}
+    out = render_stack(STACK, overrides, tmp / "render")
     summary = json.loads((out / "summary.json").read_text())
-    return Rendered(out, summary, key)
+    return Rendered(out, summary, key, host_keys / "known_hosts")
 
 
 @pytest.fixture(scope="session")
@@ -228,7 +231,7 @@ class Lab:
             )
             watch = BootWatch(
                 name=spec.name,
-                ssh=Ssh(self.rendered.summary["ssh_user"], node["ip"], self.rendered.key),
+                ssh=Ssh(self.rendered.summary["ssh_user"], node["ip"], self.rendered.key, self.rendered.known_hosts),
                 serial_log=serial_log,
                 started=started,
                 domain_state=lambda: self.host.domain_state(spec.name),

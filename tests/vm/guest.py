@@ -50,11 +50,15 @@ class Ssh:
     user: str
     host: str
     key: Path
+    known_hosts: Path | None = None  # when set, the node must present the key listed there
 
     def argv(self, command: str, *, batch_options: tuple[str, ...] = ()) -> list[str]:
+        if self.known_hosts is None:
+            host_keys = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        else:
+            host_keys = ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}"]
         return [
-            "ssh", "-i", str(self.key), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "ssh", "-i", str(self.key), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", *host_keys,
             "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", *batch_options,
             f"{self.user}@{self.host}", command,
         ]  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -58,6 +59,18 @@ def test_static_address_on_the_nic(ssh: Ssh, work11: Booted, rendered: Rendered)
     assert inet == [(work11.node["ip"], prefix, False)], f"{nic['ifname']}: {inet}"
     routes = json.loads(ssh.out("ip -j route show default"))
     assert [r.get("gateway") for r in routes] == [rendered.summary["network"]["gateway"]]
+
+
+def test_node_presents_only_the_pinned_host_key(ssh: Ssh, work11: Booted, rendered: Rendered) -> None:
+    # Every check here already connects with StrictHostKeyChecking=yes against the program's known_hosts;
+    # ssh-keyscan also shows the node offers no other key type a client could be handed.
+    scan = subprocess.run(
+        ["ssh-keyscan", "-T", "10", "-t", "rsa,ecdsa,ed25519", work11.node["ip"]],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    offered = sorted(" ".join(line.split()[1:3]) for line in scan.stdout.splitlines() if line.strip())
+    assert offered == [" ".join(work11.node["host_key"].split()[:2])], scan.stderr
+    assert ssh.known_hosts == rendered.known_hosts and rendered.known_hosts.is_file()
 
 
 def test_password_login_disabled(ssh: Ssh) -> None:
