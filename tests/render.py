@@ -120,6 +120,8 @@ def write_artifacts(evaluation: Evaluation, out: Path) -> None:
             ("networkConfig", "network-config"),
         ):
             _write(out / "nodes" / node / filename, seed.plain(key))
+        # user-data holds the node's private host key: readable by you only, as the stack secret it is.
+        (out / "nodes" / node / "user-data").chmod(0o600)
     for command in evaluation.of_type("command:remote:Command") + evaluation.of_type("command:local:Command"):
         for phase in ("create", "update", "delete"):
             script = command.plain(phase)

@@ -171,6 +171,7 @@ def test_no_secret_leaks_into_plain_inputs(air: Evaluation, ssh_key: Path) -> No
     for resource in air.resources:
         text = plain_parts(resource.inputs)
         assert FAKE_TOKEN not in text and private_key not in text and "client-key-data" not in text, resource.name
+        assert "PRIVATE KEY" not in text, f"{resource.name}: a private key (login or node host key) in a plain input"
 
 
 def test_two_evaluations_are_identical(ssh_key: Path, air: Evaluation) -> None:
