@@ -63,15 +63,17 @@ class Ssh:
             f"{self.user}@{self.host}", command,
         ]  # fmt: skip
 
-    def run(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run `command` as the ssh session command (as pulumi-command does); never raises on exit status."""
-        return self.run_argv((), command, timeout)
+    def run(self, command: str, timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `command` as the ssh session command, `stdin` fed to it (as pulumi-command does); never raises."""
+        return self.run_argv((), command, timeout, stdin)
 
-    def run_argv(self, options: Sequence[str], command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run_argv(
+        self, options: Sequence[str], command: str, timeout: float = 60, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Like run, with extra ssh client options."""
         argv = self.argv(command, batch_options=tuple(options))
         try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired as err:
             return subprocess.CompletedProcess(
                 err.cmd, 124, _text(err.stdout), _text(err.stderr) + f"\n(timed out after {timeout:.0f} s)"

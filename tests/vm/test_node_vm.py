@@ -6,14 +6,18 @@ renders for stack `air` (prebaked); the VM is a libvirt domain shaped like the p
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import json
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.vm.conftest import FIGURES, GIB, Booted, Lab, Rendered
 from tests.vm.guest import Ssh, parse_status
@@ -152,3 +156,94 @@ def test_join_script_refuses_clearly_without_kubeadm(ssh: Ssh, rendered: Rendere
     assert f"kubeadm is not installed on {NODE}" in proc.stderr
     assert "make image" in proc.stderr
     assert ssh.run("sudo test -e /var/lib/kube-on-air/join-config.yaml").returncode == 1, "nothing written on refusal"
+
+
+# --- the program's kubeadm steps, run for real on the node against a stand-in kubeadm ---------------
+
+STAND_IN = Path(__file__).with_name("stand-in-kubeadm.sh")
+STAND_IN_STATE = "/var/lib/stand-in-kubeadm"
+
+
+@pytest.fixture
+def stand_in_kubeadm(ssh: Ssh) -> Iterator[None]:
+    """kubeadm cannot be downloaded here: a recording stand-in lets the scripts' own logic run on the node."""
+    installed = ssh.run("sudo tee /usr/local/bin/kubeadm >/dev/null && sudo chmod 0755 /usr/local/bin/kubeadm",
+                        stdin=STAND_IN.read_text())  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    try:
+        yield
+    finally:
+        ssh.out(f"sudo rm -rf /usr/local/bin/kubeadm {STAND_IN_STATE} /etc/kubernetes /var/lib/kube-on-air /etc/cni")
+
+
+def kubeadm_calls(ssh: Ssh) -> list[str]:
+    return ssh.out(f"sudo cat {STAND_IN_STATE}/calls").splitlines()
+
+
+def program_text(rendered: Rendered, relative: str) -> str:
+    """A script or stdin exactly as the program hands it to pulumi-command (see tests.render)."""
+    return (rendered.directory / relative).read_text()
+
+
+def run_twice(ssh: Ssh, script: str, stdin: str | None = None) -> list[subprocess.CompletedProcess[str]]:
+    runs = [ssh.run(script, timeout=120, stdin=stdin) for _ in range(2)]
+    for proc in runs:
+        assert proc.returncode == 0, f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
+    return runs
+
+
+@pytest.mark.usefixtures("stand_in_kubeadm")
+def test_init_step_runs_kubeadm_once_and_keeps_its_config(ssh: Ssh, rendered: Rendered) -> None:
+    config = program_text(rendered, "kubeadm/kubeadm-config.yaml")
+    first, second = run_twice(ssh, program_text(rendered, "scripts/kube-on-air-control-plane-init.sh"), config)
+    assert "already initialised" not in first.stdout and "already initialised" in second.stdout
+    assert kubeadm_calls(ssh) == ["init --config /var/lib/kube-on-air/kubeadm-config.yaml --skip-token-print"]
+    assert ssh.out(f"sudo cat {STAND_IN_STATE}/init-config.yaml") == config, "kubeadm read what stdin carried"
+    assert ssh.out("sudo stat -c %a /var/lib/kube-on-air").strip() == "700"
+    fetched = ssh.out(program_text(rendered, "scripts/kube-on-air-control-plane-kubeconfig.sh"))
+    assert fetched == "stand-in admin kubeconfig\n"
+
+
+@pytest.mark.usefixtures("stand_in_kubeadm")
+def test_join_step_takes_the_token_on_stdin_once_and_leaves_no_copy(ssh: Ssh, rendered: Rendered) -> None:
+    config = program_text(rendered, f"kubeadm/{NODE}-kubeadm-join-config.yaml")
+    token = yaml.safe_load(config)["discovery"]["bootstrapToken"]["token"]
+    first, second = run_twice(ssh, program_text(rendered, f"scripts/{NODE}-kubeadm-join.sh"), config)
+    assert f"{NODE} already joined" in second.stdout and "already joined" not in first.stdout
+    calls = kubeadm_calls(ssh)
+    assert calls == ["join --config /var/lib/kube-on-air/join-config.yaml"]
+    assert token not in "\n".join(calls), "the token never reaches kubeadm's argv"
+    assert ssh.out(f"sudo cat {STAND_IN_STATE}/join-config.yaml") == config
+    assert ssh.run("sudo test -e /var/lib/kube-on-air/join-config.yaml").returncode == 1, "config with token removed"
+
+
+@pytest.mark.usefixtures("stand_in_kubeadm")
+def test_join_credentials_are_a_token_and_the_ca_public_key_hash(ssh: Ssh, rendered: Rendered) -> None:
+    ssh.out(
+        "sudo mkdir -p /etc/kubernetes/pki && sudo openssl req -x509 -newkey rsa:2048 -nodes -days 1 "
+        "-subj /CN=kubernetes -keyout /etc/kubernetes/pki/ca.key -out /etc/kubernetes/pki/ca.crt 2>/dev/null",
+        timeout=120,
+    )
+    # kubeadm's discovery hash is SHA-256 over the CA's DER SubjectPublicKeyInfo: computed here independently.
+    public_pem = ssh.out("openssl x509 -pubkey -noout -in /etc/kubernetes/pki/ca.crt")
+    der = base64.b64decode("".join(line for line in public_pem.splitlines() if not line.startswith("-----")))
+    expected = hashlib.sha256(der).hexdigest()
+    printed = ssh.out(program_text(rendered, "scripts/kube-on-air-control-plane-join-credentials.sh"))
+    assert printed.splitlines() == ["stndin.0123456789abcdef", f"sha256:{expected}"]
+    assert kubeadm_calls(ssh)[0].startswith("token create --ttl ")
+
+
+@pytest.mark.usefixtures("stand_in_kubeadm")
+def test_leave_step_resets_the_worker_over_the_pinned_key_even_without_a_control_plane(
+    ssh: Ssh, rendered: Rendered
+) -> None:
+    """The delete-time script runs on the Pulumi host (here: this host) exactly as rendered; head10 is not booted."""
+    ssh.out("sudo mkdir -p /etc/kubernetes /etc/cni/net.d && sudo touch /etc/kubernetes/kubelet.conf /etc/cni/net.d/x")
+    script = program_text(rendered, f"scripts/{NODE}-kubeadm-leave-delete.sh")
+    for attempt in (1, 2):
+        done = subprocess.run(["/bin/bash", "-c", script], capture_output=True, text=True, timeout=180, check=False)
+        assert done.returncode == 0, f"attempt {attempt}: {done.stderr}"
+        assert "control plane 172.31.255.10 unreachable" in done.stderr, done.stderr
+        assert f"reset kubeadm on {NODE}" in done.stdout, f"attempt {attempt}: {done.stdout}\n{done.stderr}"
+    assert kubeadm_calls(ssh) == ["reset --force", "reset --force"]
+    assert ssh.run("sudo test -e /etc/kubernetes/kubelet.conf || sudo test -e /etc/cni/net.d").returncode == 1
