@@ -86,3 +86,11 @@ def test_unusable_host_key_dir_is_one_config_error(ssh_key: Path) -> None:
     assert "kube-on-air:hostKeyDir = '/proc/kube-on-air/host-keys'" in evaluation.error
     assert "writable directory" in evaluation.error and "Traceback" not in evaluation.error
     assert evaluation.resources == [] or all(r.type == "pulumi:pulumi:Stack" for r in evaluation.resources)
+
+
+def test_missing_ssh_keygen_is_one_config_error(ssh_key: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # the harness starts Python by absolute path; no ssh-keygen here
+    evaluation = evaluate("air", air_config(ssh_key, hostKeyDir=str(tmp_path / "fresh-keys")))
+    assert evaluation.error is not None
+    assert "kube-on-air:hostKeyDir" in evaluation.error and "ssh-keygen not found on PATH" in evaluation.error
+    assert "openssh-client" in evaluation.error and "Traceback" not in evaluation.error
