@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tests.harness import ROOT, evaluate
+from tests.harness import ROOT, evaluate, make_ssh_key
 from tests.render import config_with, dependency_graph, longest_chain, short
 
 STACK = "air"
@@ -32,12 +31,6 @@ class Measurement:
     graph_seconds: float
     chain_length: int
     chain: list[str]
-
-
-def make_ssh_key(directory: Path) -> Path:
-    key = directory / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
-    return key
 
 
 def measure(workers: int, ssh_key: Path) -> Measurement:

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.harness import Evaluation, evaluate, stack_config
+from tests.harness import Evaluation, evaluate, make_ssh_key, stack_config
 
 NS = "kube-on-air"
 
 
-def make_key(directory: Path) -> Path:
-    key = directory / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
-    return key
-
-
 @pytest.fixture(scope="session")
 def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_key(tmp_path_factory.mktemp("ssh"))
+    return make_ssh_key(tmp_path_factory.mktemp("ssh"))
 
 
 def air_config(ssh_key: Path, **overrides: str) -> dict[str, str]:

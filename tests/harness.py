@@ -160,6 +160,13 @@ def with_test_host_key_dir(stack: str, config: dict[str, str]) -> dict[str, str]
     return {**config, "kube-on-air:hostKeyDir": str(Path(key_path).parent / "host-keys" / stack)}
 
 
+def make_ssh_key(directory: Path) -> Path:
+    """A throwaway ed25519 login key pair (no passphrase) in `directory`, as tests configure sshKeyPath."""
+    key = directory / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
+    return key
+
+
 def stack_config(stack: str) -> dict[str, str]:
     """Config of Pulumi.<stack>.yaml as the engine would pass it (structured values as JSON)."""
     import yaml

@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,13 +63,6 @@ class Rendered:
     out: Path
     facts: StackFacts
     report: Report
-
-
-@pytest.fixture(scope="session")
-def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    key = tmp_path_factory.mktemp("ssh") / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
-    return key
 
 
 def _render_and_validate(name: str, root: Path, key: Path) -> Rendered:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 import types
@@ -18,15 +17,14 @@ import pytest
 from components import preflight as pf
 from components.config import ClusterConfig, load
 from components.preflight import HostFacts, HostRoute, LibvirtNetwork, PreflightError, PreflightProblem
+from tests.harness import make_ssh_key
 
 OUTSIDE_POOL = "/data/koa"
 
 
 @pytest.fixture(scope="module")
 def key_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("ssh") / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-    return str(path)
+    return str(make_ssh_key(tmp_path_factory.mktemp("ssh")))
 
 
 def make_config(key_path: str, uri: str | None = None, **raw: str) -> ClusterConfig:
