@@ -19,7 +19,7 @@ export PULUMI_BACKEND_URL := file://$(STATE_DIR)
 export PULUMI_CONFIG_PASSPHRASE_FILE := $(PASSPHRASE_FILE)
 export PULUMI_SKIP_UPDATE_CHECK := true
 
-.PHONY: help up preview destroy clean ls kubeconfig test test-vm lint render bench image deps dev-deps pulumi-cli stack
+.PHONY: help up preview destroy clean ls kubeconfig test test-vm lint render bench image deps dev-deps pulumi-cli stack toolchain test-toolchain
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -93,3 +93,9 @@ image: ## node image with containerd, the pinned Kubernetes packages and control
 
 bench: dev-deps $(SSH_KEY) ## evaluation time and dependency chain for 1+3, 1+30, 1+100 workers
 	$(PY) -m tests.bench
+
+toolchain: deps ## build the Pulumi CLI, provider plugins and Kubernetes from the Go module proxy (hours cold, cached)
+	$(PY) -m tests.toolchain.build
+
+test-toolchain: dev-deps ## the built kubeadm validates every rendered config; pulumi and plugins at the pinned versions
+	$(PY) -m pytest -q -m toolchain tests/toolchain

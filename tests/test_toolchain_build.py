@@ -1,0 +1,120 @@
+"""`make toolchain`'s bookkeeping: replace directives, resumable pieces, the manifest and the cache key.
+
+The builds themselves take hours; these tests run the builder's logic against pieces that only write a
+file, and its go.mod handling against go.mod text in the shapes upstream modules use.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.toolchain import build
+
+KUBERNETES_GO_MOD = """module k8s.io/kubernetes
+
+go 1.24.0
+
+godebug default=go1.24
+
+require k8s.io/api v0.0.0
+
+replace (
+	k8s.io/api => ./staging/src/k8s.io/api
+	github.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e // fork
+)
+
+replace github.com/pulumi/pulumi/sdk/v3 => ../sdk
+replace github.com/hashicorp/go-getter => github.com/hashicorp/go-getter v1.4.0
+"""
+
+
+def test_replace_lines_reads_block_and_single_line_forms() -> None:
+    assert build.replace_lines(KUBERNETES_GO_MOD) == [
+        "k8s.io/api => ./staging/src/k8s.io/api",
+        "github.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e",
+        "github.com/pulumi/pulumi/sdk/v3 => ../sdk",
+        "github.com/hashicorp/go-getter => github.com/hashicorp/go-getter v1.4.0",
+    ]
+
+
+def test_only_replaces_into_the_upstream_tree_are_dropped() -> None:
+    kept = [line for line in build.replace_lines(KUBERNETES_GO_MOD) if not build.is_local_replace(line)]
+    assert kept == [
+        "github.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e",
+        "github.com/hashicorp/go-getter => github.com/hashicorp/go-getter v1.4.0",
+    ]
+
+
+def writes_once(calls: list[str]) -> build.Piece:
+    def make(ctx: build.Context, work: Path, out: Path) -> str:
+        calls.append("built")
+        (out / "tool").write_text("binary")
+        return "example.com/tool@v1.0.0"
+
+    return build.Piece("tool", make)
+
+
+def test_a_built_piece_is_skipped_and_keeps_its_record(tmp_path: Path) -> None:
+    calls: list[str] = []
+    first = build.build_piece(writes_once(calls), tmp_path, "go1.26")
+    second = build.build_piece(writes_once(calls), tmp_path, "go1.26")
+    assert calls == ["built"]
+    assert (first["this_run"], second["this_run"]) == ("built", "cached")
+    assert second["outputs"] == {"tool": build.sha256(tmp_path / "pieces" / "tool" / "tool")}
+    assert second["source"] == "example.com/tool@v1.0.0" and second["go"] == "go1.26"
+
+
+def test_a_killed_build_leaves_no_record_and_is_redone(tmp_path: Path) -> None:
+    def dies_half_way(ctx: build.Context, work: Path, out: Path) -> str:
+        (out / "half").write_text("partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build.build_piece(build.Piece("tool", dies_half_way), tmp_path, "go1.26")
+    assert not (tmp_path / "pieces" / "tool.json").exists()
+    calls: list[str] = []
+    record = build.build_piece(writes_once(calls), tmp_path, "go1.26")
+    assert calls == ["built"] and record["this_run"] == "built"
+    assert sorted(p.name for p in (tmp_path / "pieces" / "tool").iterdir()) == ["tool"]  # the half file is gone
+
+
+def test_a_refused_module_is_reported_not_recorded(tmp_path: Path) -> None:
+    def refused(ctx: build.Context, work: Path, out: Path) -> str:
+        raise build.Unavailable("the Go module proxy answers '403 Forbidden' for example.com/x@v1")
+
+    record = build.build_piece(build.Piece("x", refused), tmp_path, "go1.26")
+    assert record["status"] == "unavailable" and "403 Forbidden" in record["reason"]
+    assert not (tmp_path / "pieces" / "x.json").exists() and not (tmp_path / "pieces" / "x").exists()
+    assert "UNAVAILABLE" in build.progress(record)
+
+
+def test_the_manifest_lists_every_piece(tmp_path: Path) -> None:
+    (tmp_path / "pieces").mkdir()
+    earlier = {"piece": "kubernetes", "status": "built", "source": "k8s.io/kubernetes@v1.34.2"}
+    (tmp_path / "pieces" / "kubernetes.json").write_text(json.dumps(earlier))
+    now = [{"piece": "kuard", "status": "unavailable", "reason": "403", "this_run": "tried"}]
+    entries = {e["piece"]: e for e in build.manifest_entries(tmp_path, now)}
+    assert list(entries) == [p.name for p in build.PIECES]
+    assert entries["kubernetes"] == earlier
+    assert entries["kuard"] == {"piece": "kuard", "status": "unavailable", "reason": "403"}
+    assert entries["pulumi"] == {"piece": "pulumi", "status": "not built yet"}
+
+
+def test_the_cache_key_follows_the_pins(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = build.cache_key("go1.26.8")
+    assert key == build.cache_key("go1.26.8")
+    assert key != build.cache_key("go1.27.3")
+    monkeypatch.setattr(build, "PULUMI_VERSION", "3.999.0")
+    assert key != build.cache_key("go1.26.8")
+
+
+def test_python_sdks_match_the_pieces_built() -> None:
+    """The engine loads the plugin version the Python SDK asks for, and the CLI must not be older."""
+    pins = dict(line.split("==") for line in (build.ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
+    assert pins["pulumi"] == build.PULUMI_VERSION
+    assert pins["pulumi-kubernetes"] == build.KUBERNETES_PROVIDER[0]
+    assert pins["pulumi-libvirt"] == build.LIBVIRT_PROVIDER[0]
+    assert pins["pulumi-command"] == build.COMMAND_PROVIDER[0]

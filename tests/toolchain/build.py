@@ -1,0 +1,458 @@
+"""`make toolchain`: the Pulumi engine, provider plugins and Kubernetes built from the Go module proxy.
+
+Offline machines reach PyPI, Debian and the Go module proxy, never get.pulumi.com, GitHub releases or
+container registries. Every piece is built from its upstream Go module at the version pinned below,
+into a cache directory keyed by those pins, so a second run skips what is built and a killed run
+resumes at the piece it was building. `manifest.json` lists every piece: module@version, Go version,
+build seconds, peak memory and the sha256 of each output, or why the piece is unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("KOA_TOOLCHAIN_CACHE", Path.home() / ".cache" / "kube-on-air" / "toolchain"))
+
+# The Pulumi CLI must be at least as new as the `pulumi` Python SDK pinned in requirements.txt; both
+# use a pkg/v3 release the module proxy serves (v3.270.0 is one it does not).
+PULUMI_VERSION = "3.260.0"
+# pulumi-kubernetes has no provider/ tags; its v4.25.0 tag is commit f47bc2d6f199, the one
+# pseudo-version of provider/v4 the proxy serves. The Python SDK is pinned to the same release.
+KUBERNETES_PROVIDER = ("4.25.0", "v4.0.0-20260115033456-f47bc2d6f199")
+# Provider plugins and images whose sources the proxy refuses (403) at the versions we pin. They stay
+# in the list so the manifest says so, and are tried again on every run.
+LIBVIRT_PROVIDER = ("0.5.4", "github.com/pulumi/pulumi-libvirt/provider@v0.0.0-20250102165834-551204e65927")
+COMMAND_PROVIDER = ("1.2.1", "github.com/pulumi/pulumi-command/provider@v0.0.0-20260303235922-7f3eb6f3b77c")
+# The Python language host is its own, untagged module; only the pkg tag's commit resolves.
+LANGUAGE_PYTHON = "github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3@v3.0.0-20260713105300-31997188e2ca"
+KUBE_ROUTER = "github.com/cloudnativelabs/kube-router/v2@v2.11.1"
+KUARD = "github.com/kubernetes-up-and-running/kuard@v0.10.0"
+
+KUBERNETES_COMMANDS = (
+    "kubeadm",
+    "kubelet",
+    "kubectl",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
+)
+GO_ENV = {"CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
+
+
+class Unavailable(Exception):
+    """The module proxy does not serve a module version a piece needs."""
+
+
+def kubernetes_version() -> str:
+    """`kubernetesVersion` of the air stack: the version every node runs."""
+    stack = yaml.safe_load((ROOT / "Pulumi.air.yaml").read_text())
+    return str(stack["config"]["kube-on-air:kubernetesVersion"])
+
+
+def go_version() -> str:
+    return subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@dataclass
+class Context:
+    """Where a piece builds, logs, and finds the pieces it depends on."""
+
+    home: Path
+    log: Path
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def run(self, args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> str:
+        full_env = {**os.environ, **GO_ENV, **(env or {})}
+        with self.log.open("a") as log:
+            log.write(f"$ {' '.join(args)}  (in {cwd})\n")
+            log.flush()
+            done = subprocess.run(args, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=log, text=True)
+            log.write(done.stdout)
+        if done.returncode != 0:
+            tail = "".join(self.log.read_text().splitlines(keepends=True)[-15:])
+            raise subprocess.CalledProcessError(done.returncode, args, output=tail)
+        return done.stdout
+
+    def download(self, module_at_version: str, work: Path) -> dict[str, Any]:
+        """`go mod download -json`, turning the proxy's refusal into Unavailable."""
+        work.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["go", "mod", "download", "-json", module_at_version],
+            cwd=work,
+            env={**os.environ, **GO_ENV},
+            capture_output=True,
+            text=True,
+        )
+        info: dict[str, Any] = json.loads(done.stdout) if done.stdout.strip() else {}
+        if done.returncode != 0 or "Error" in info:
+            reason = str(info.get("Error", done.stderr)).splitlines()[0]
+            refusal = re.search(r"(\d{3} [A-Za-z ]+)$", reason)
+            if refusal or "invalid version" in reason:
+                answer = refusal.group(1) if refusal else "invalid version"
+                raise Unavailable(f"the Go module proxy answers '{answer}' for {module_at_version}")
+            raise RuntimeError(reason)
+        return info
+
+
+def wrapper_module(ctx: Context, work: Path, module: str, version: str, extra_go_mod: str = "") -> None:
+    """A throwaway module requiring `module@version`, with the dependency's non-local replaces copied in.
+
+    Go ignores a dependency's own replace directives, which is why `go install M@V` is refused for
+    modules that have them."""
+    info = ctx.download(f"{module}@{version}", work)
+    upstream = Path(info["GoMod"]).read_text()
+    godebug = "\n".join(line for line in upstream.splitlines() if line.startswith("godebug "))
+    replaces = [line for line in replace_lines(upstream) if not is_local_replace(line)]
+    go_line = re.search(r"^go (\S+)", upstream, re.M)
+    text = f"module koa.local/{work.name}\n\ngo {go_line.group(1) if go_line else '1.24'}\n\n{godebug}\n"
+    if replaces or extra_go_mod:
+        text += "\nreplace (\n" + "".join(f"\t{r}\n" for r in replaces) + extra_go_mod + ")\n"
+    (work / "go.mod").write_text(text)
+    ctx.run(["go", "get", f"{module}@{version}"], work)
+
+
+def replace_lines(go_mod: str) -> list[str]:
+    """Every `old => new` of a go.mod, from both the single-line and the block form."""
+    lines: list[str] = []
+    in_block = False
+    for raw in go_mod.splitlines():
+        line = raw.split("//")[0].strip()
+        if line.startswith("replace ("):
+            in_block = True
+        elif in_block and line == ")":
+            in_block = False
+        elif in_block and "=>" in line:
+            lines.append(line)
+        elif line.startswith("replace ") and "=>" in line:
+            lines.append(line.removeprefix("replace ").strip())
+    return lines
+
+
+def is_local_replace(line: str) -> bool:
+    target = line.split("=>", 1)[1].strip()
+    return target.startswith(("./", "../"))
+
+
+def go_build(ctx: Context, work: Path, out: Path, packages: list[str], ldflags: str, tags: str = "") -> None:
+    args = ["go", "build", "-trimpath", "-ldflags", f"-s -w {ldflags}", "-o", f"{out}/"]
+    if tags:
+        args += ["-tags", tags]
+    ctx.run([*args, *packages], work)
+
+
+# ---- pieces -------------------------------------------------------------------------------------
+
+
+def build_kubernetes(ctx: Context, work: Path, out: Path) -> str:
+    version = f"v{kubernetes_version()}"
+    info = ctx.download(f"k8s.io/kubernetes@{version}", work)
+    staging = [r.split("=>")[0].strip() for r in replace_lines(Path(info["GoMod"]).read_text()) if "./staging" in r]
+    published = "v0." + version.split(".", 1)[1]  # staging modules are published as v0.<minor>.<patch>
+    extra = "".join(f"\t{name} => {name} {published}\n" for name in staging)
+    wrapper_module(ctx, work, "k8s.io/kubernetes", version, extra)
+    # kubeadm reads its own version from these; unstamped it reports a placeholder and picks wrong images.
+    major, minor = version[1:].split(".")[:2]
+    stamp = " ".join(
+        f"-X {pkg}.gitVersion={version} -X {pkg}.gitMajor={major} -X {pkg}.gitMinor={minor} "
+        f"-X {pkg}.gitTreeState=clean -X {pkg}.buildDate=1970-01-01T00:00:00Z"
+        for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+    )
+    go_build(ctx, work, out, [f"k8s.io/kubernetes/cmd/{c}" for c in KUBERNETES_COMMANDS], stamp)
+    return f"k8s.io/kubernetes@{version}"
+
+
+def images_kubeadm_expects(kubeadm: Path) -> dict[str, str]:
+    """Image name -> tag from the built kubeadm's own `config images list`."""
+    version = f"v{kubernetes_version()}"
+    listed = subprocess.run(
+        [str(kubeadm), "config", "images", "list", "--kubernetes-version", version],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return {ref.rsplit(":", 1)[0].rsplit("/", 1)[1]: ref.rsplit(":", 1)[1] for ref in listed}
+
+
+def build_etcd(ctx: Context, work: Path, out: Path) -> str:
+    tag = ctx.versions["etcd"]  # e.g. 3.6.5-0: the image revision suffix is not part of the module version
+    version = "v" + tag.split("-")[0]
+    wrapper_module(ctx, work, "go.etcd.io/etcd/server/v3", version)
+    go_build(ctx, work, out, ["go.etcd.io/etcd/server/v3"], "")
+    (out / "v3").rename(out / "etcd")
+    return f"go.etcd.io/etcd/server/v3@{version}"
+
+
+def build_coredns(ctx: Context, work: Path, out: Path) -> str:
+    version = ctx.versions["coredns"]
+    wrapper_module(ctx, work, "github.com/coredns/coredns", version)
+    go_build(ctx, work, out, ["github.com/coredns/coredns"], "")
+    return f"github.com/coredns/coredns@{version}"
+
+
+def build_pause(ctx: Context, work: Path, out: Path) -> str:
+    version = f"v{kubernetes_version()}"
+    info = ctx.download(f"k8s.io/kubernetes@{version}", work)
+    source = Path(info["Dir"]) / "build" / "pause" / "linux" / "pause.c"
+    tag = ctx.versions["pause"]
+    flags = ["-Os", "-Wall", "-Werror", "-static", f"-DVERSION=v{tag}"]
+    ctx.run(["gcc", *flags, "-o", str(out / "pause"), str(source)], work)
+    return f"k8s.io/kubernetes@{version} build/pause/linux/pause.c (pause {tag})"
+
+
+def build_pulumi(ctx: Context, work: Path, out: Path) -> str:
+    version = f"v{PULUMI_VERSION}"
+    # pkg replaces sdk/v3 with ../sdk; the published sdk/v3 of the same release stands in for it.
+    wrapper_module(ctx, work, "github.com/pulumi/pulumi/pkg/v3", version)
+    ctx.run(["go", "get", f"github.com/pulumi/pulumi/sdk/v3@{version}"], work)
+    stamp = f"-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version={version}"
+    go_build(ctx, work, out, ["github.com/pulumi/pulumi/pkg/v3/cmd/pulumi"], stamp, tags="osusergo,grpcnotrace")
+    return f"github.com/pulumi/pulumi/pkg/v3@{version}"
+
+
+def build_kubernetes_provider(ctx: Context, work: Path, out: Path) -> str:
+    version, pseudo = KUBERNETES_PROVIDER
+    module = "github.com/pulumi/pulumi-kubernetes/provider/v4"
+    info = ctx.download(f"{module}@{pseudo}", work.parent / f"{work.name}-download")
+    # The module zip lacks the gitignored schema-embed.json: unpack it and generate that first.
+    shutil.copytree(info["Dir"], work, dirs_exist_ok=True)
+    subprocess.run(["chmod", "-R", "u+w", str(work)], check=True)
+    go_mod = work / "go.mod"
+    go_mod.write_text(
+        "\n".join(line for line in go_mod.read_text().splitlines() if not line.strip().endswith("=> ../sdk"))
+    )
+    cmd = work / "cmd" / "pulumi-resource-kubernetes"
+    ctx.run(["go", "generate", "."], cmd, env={"VERSION": version})
+    stamp = f"-X {module}/pkg/version.Version={version}"
+    go_build(ctx, work, out, ["./cmd/pulumi-resource-kubernetes"], stamp)
+    return f"{module}@{pseudo} (v{version})"
+
+
+def refused(module_at_version: str) -> Callable[[Context, Path, Path], str]:
+    """A piece whose source we pin but the proxy refuses today: tried on every run, built when served."""
+
+    def build(ctx: Context, work: Path, out: Path) -> str:
+        ctx.download(module_at_version, work)
+        raise RuntimeError(f"{module_at_version} is served now: teach tests/toolchain/build.py to build it")
+
+    return build
+
+
+@dataclass(frozen=True)
+class Piece:
+    name: str
+    build: Callable[[Context, Path, Path], str]
+    needs_versions: bool = False  # waits for the built kubeadm to name its image versions
+
+
+PIECES = (
+    Piece("kubernetes", build_kubernetes),
+    Piece("etcd", build_etcd, needs_versions=True),
+    Piece("coredns", build_coredns, needs_versions=True),
+    Piece("pause", build_pause, needs_versions=True),
+    Piece("pulumi", build_pulumi),
+    Piece("pulumi-resource-kubernetes", build_kubernetes_provider),
+    Piece("pulumi-language-python", refused(LANGUAGE_PYTHON)),
+    Piece("pulumi-resource-libvirt", refused(LIBVIRT_PROVIDER[1])),
+    Piece("pulumi-resource-command", refused(COMMAND_PROVIDER[1])),
+    Piece("kube-router", refused(KUBE_ROUTER)),
+    Piece("kuard", refused(KUARD)),
+)
+
+
+# ---- cache, manifest, progress ------------------------------------------------------------------
+
+
+def cache_key(go: str) -> str:
+    pins = {
+        "go": go,
+        "kubernetes": kubernetes_version(),
+        "pulumi": PULUMI_VERSION,
+        "kubernetes-provider": KUBERNETES_PROVIDER,
+        "refused": [LANGUAGE_PYTHON, LIBVIRT_PROVIDER, COMMAND_PROVIDER, KUBE_ROUTER, KUARD],
+    }
+    return hashlib.sha256(json.dumps(pins, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def peak_child_rss_mib() -> int:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+
+
+def build_piece(piece: Piece, home: Path, go: str) -> dict[str, Any]:
+    """Build one piece into pieces/<name>/ unless its record says it is done; return its record."""
+    done = home / "pieces" / f"{piece.name}.json"
+    if done.exists():
+        record: dict[str, Any] = json.loads(done.read_text())
+        return {**record, "this_run": "cached"}
+    out, work = home / "pieces" / piece.name, home / "work" / piece.name
+    for stale in (out, work):  # a killed run leaves half a piece: start that piece again
+        shutil.rmtree(stale, ignore_errors=True)
+    out.mkdir(parents=True)
+    work.mkdir(parents=True)
+    ctx = Context(home, home / "logs" / f"{piece.name}.log", versions=load_versions(home))
+    ctx.log.parent.mkdir(exist_ok=True)
+    ctx.log.write_text("")
+    started = time.monotonic()
+    try:
+        source = piece.build(ctx, work, out)
+    except Unavailable as gone:
+        shutil.rmtree(out, ignore_errors=True)
+        return {"piece": piece.name, "status": "unavailable", "reason": str(gone), "this_run": "tried"}
+    record = {
+        "piece": piece.name,
+        "status": "built",
+        "source": source,
+        "go": go,
+        "build_seconds": round(time.monotonic() - started),
+        "peak_rss_mib": peak_child_rss_mib(),
+        "outputs": {p.name: sha256(p) for p in sorted(out.iterdir()) if p.is_file()},
+    }
+    done.write_text(json.dumps(record, indent=2) + "\n")  # written last: the marker of a whole piece
+    shutil.rmtree(work, ignore_errors=True)
+    return {**record, "this_run": "built"}
+
+
+def load_versions(home: Path) -> dict[str, str]:
+    path = home / "image-versions.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record_image_versions(home: Path) -> None:
+    kubeadm = home / "pieces" / "kubernetes" / "kubeadm"
+    path = home / "image-versions.json"
+    if kubeadm.exists() and not path.exists():
+        wanted = images_kubeadm_expects(kubeadm)
+        path.write_text(json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+
+
+PLUGINS = {
+    "pulumi-resource-kubernetes": ("kubernetes", KUBERNETES_PROVIDER[0]),
+    "pulumi-resource-libvirt": ("libvirt", LIBVIRT_PROVIDER[0]),
+    "pulumi-resource-command": ("command", COMMAND_PROVIDER[0]),
+}
+
+
+def registered_plugins(home: Path) -> dict[str, str]:
+    """Plugin name -> version of every provider plugin this toolchain holds."""
+    return {name: version for exe, (name, version) in PLUGINS.items() if (home / "bin" / exe).exists()}
+
+
+def register_plugins(home: Path) -> None:
+    """`pulumi plugin install --file` into the toolchain's own PULUMI_HOME: the engine never downloads."""
+    pulumi = home / "bin" / "pulumi"
+    if not pulumi.exists():
+        return
+    env = {**os.environ, "PULUMI_HOME": str(home / "pulumi-home"), "PULUMI_SKIP_UPDATE_CHECK": "true"}
+    for name, version in registered_plugins(home).items():
+        if (home / "pulumi-home" / "plugins" / f"resource-{name}-v{version}").is_dir():
+            continue
+        exe = next(e for e, (n, _) in PLUGINS.items() if n == name)
+        subprocess.run(
+            [str(pulumi), "plugin", "install", "resource", name, version, "--file", str(home / "bin" / exe)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        print(f"[toolchain] registered plugin resource {name} {version}", flush=True)
+
+
+def link_bin(home: Path) -> None:
+    """bin/: every built executable under one directory, and `current` pointing at this key."""
+    bin_dir = home / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for exe in sorted((home / "pieces").glob("*/*")):
+        link = bin_dir / exe.name
+        if exe.is_file() and not link.exists():
+            link.symlink_to(exe)
+    current = home.parent / "current"
+    tmp = home.parent / ".current.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(home.name)
+    tmp.replace(current)
+
+
+def manifest_entries(home: Path, this_run: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per piece, whether built now, built before, refused now or never tried."""
+    tried = {r["piece"]: r for r in this_run}
+    entries = []
+    for piece in PIECES:
+        done = home / "pieces" / f"{piece.name}.json"
+        if piece.name in tried:
+            entry = {k: v for k, v in tried[piece.name].items() if k != "this_run"}
+        elif done.exists():
+            entry = json.loads(done.read_text())
+        else:
+            entry = {"piece": piece.name, "status": "not built yet"}
+        entries.append(entry)
+    return entries
+
+
+def progress(record: Mapping[str, Any]) -> str:
+    name = f"{record['piece']:<28}"
+    if record["status"] == "unavailable":
+        return f"[toolchain] {name} UNAVAILABLE  {record['reason']}"
+    how = "cached" if record["this_run"] == "cached" else "built "
+    return f"[toolchain] {name} {how} {record['build_seconds']:>6} s  {record['source']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--only", action="append", help="build just these pieces (repeatable)")
+    args = parser.parse_args(argv)
+    go = go_version()
+    home = CACHE / cache_key(go)
+    (home / "pieces").mkdir(parents=True, exist_ok=True)
+    print(f"[toolchain] cache {home}", flush=True)
+    records = []
+    for piece in PIECES:
+        if args.only and piece.name not in args.only:
+            continue
+        if piece.needs_versions:
+            record_image_versions(home)
+        try:
+            record = build_piece(piece, home, go)
+        except subprocess.CalledProcessError as failed:
+            print(f"[toolchain] {piece.name:<28} FAILED: {' '.join(failed.cmd)}\n{failed.output}", flush=True)
+            return 1
+        records.append(record)
+        print(progress(record), flush=True)
+    record_image_versions(home)
+    link_bin(home)
+    register_plugins(home)
+    entries = manifest_entries(home, records)
+    manifest = {"key": home.name, "go": go, "pieces": entries}
+    (home / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    missing = [e["piece"] for e in entries if e["status"] != "built"]
+    print(f"[toolchain] manifest {home / 'manifest.json'}")
+    if missing:
+        print(f"[toolchain] incomplete: {len(missing)} piece(s) missing: {', '.join(missing)}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The built toolchain answers for the program: `make test-toolchain` (after `make toolchain`).
+
+Proof level 3: the real kubeadm judges every kubeadm document the program renders, and the real
+Pulumi CLI and provider plugins are the versions the Python SDKs ask for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.render import render_stack
+from tests.toolchain import build
+
+pytestmark = pytest.mark.toolchain
+
+# name -> (stack, overrides): the air stack, a larger one, and a lone control plane on an old minor.
+CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
+    "air": ("air", {}),
+    "workers5": ("air", {"workerCount": "5"}),
+    "solo": ("air", {"workerCount": "0"}),
+}
+
+
+@pytest.fixture(scope="session")
+def toolchain() -> Path:
+    current = build.CACHE / "current"
+    if not (current / "manifest.json").exists():
+        pytest.fail(f"no toolchain at {current}: run `make toolchain` first")
+    return current.resolve()
+
+
+def piece(toolchain: Path, name: str) -> Path:
+    path = toolchain / "bin" / name
+    if not path.exists():
+        manifest = json.loads((toolchain / "manifest.json").read_text())
+        status = {e["piece"]: e for e in manifest["pieces"]}
+        pytest.fail(f"{name} is not in the toolchain: {status}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def kubeadm(toolchain: Path) -> Path:
+    return piece(toolchain, "kubeadm")
+
+
+def kubeadm_validate(kubeadm: Path, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(kubeadm), "config", "validate", "--config", str(config)], capture_output=True, text=True, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def rendered_kubeadm(tmp_path_factory: pytest.TempPathFactory, ssh_key: Path) -> dict[str, list[Path]]:
+    root = tmp_path_factory.mktemp("rendered")
+    found: dict[str, list[Path]] = {}
+    for name, (stack, overrides) in CONFIGS.items():
+        out = render_stack(stack, {**overrides, "sshKeyPath": str(ssh_key)}, root / name)
+        found[name] = sorted((out / "kubeadm").glob("*.yaml"))
+    return found
+
+
+def test_kubeadm_prints_the_pinned_version(kubeadm: Path) -> None:
+    printed = subprocess.run([str(kubeadm), "version", "-o", "short"], capture_output=True, text=True, check=True)
+    assert printed.stdout.strip() == f"v{build.kubernetes_version()}"
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_kubeadm_accepts_every_rendered_config(
+    kubeadm: Path, rendered_kubeadm: dict[str, list[Path]], name: str
+) -> None:
+    configs = rendered_kubeadm[name]
+    workers = {"air": 3, "workers5": 5, "solo": 0}[name]
+    assert len(configs) == 1 + workers  # one init config and one join config per worker
+    for config in configs:
+        done = kubeadm_validate(kubeadm, config)
+        assert done.returncode == 0, f"{config.name}: {done.stderr}"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        ("podSubnet:", "podSubnets:", 'unknown field "networking.podSubnets"'),
+        ('podSubnet: "10.244.0.0/16"', 'podSubnet: "10.244.0.0/33"', "couldn't parse subnet"),
+        ("cgroupDriver: systemd", "cgroupDriver: [systemd]", "cgroupDriver"),
+    ],
+)
+def test_kubeadm_rejects_a_broken_init_config(
+    kubeadm: Path, rendered_kubeadm: dict[str, list[Path]], tmp_path: Path, old: str, new: str, said: str
+) -> None:
+    """The check above can fail: the same tool refuses each of these edits of the rendered config."""
+    init = next(p for p in rendered_kubeadm["air"] if p.name == "kubeadm-config.yaml")
+    text = init.read_text()
+    assert old in text
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text.replace(old, new, 1))
+    done = kubeadm_validate(kubeadm, broken)
+    assert done.returncode != 0 and said in done.stderr, done.stderr
+
+
+def test_kubeadm_rejects_a_v1beta3_shaped_join(
+    kubeadm: Path, rendered_kubeadm: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    join = next(p for p in rendered_kubeadm["air"] if p.name.startswith("work11"))
+    text = join.read_text().replace("kubeadm.k8s.io/v1beta4", "kubeadm.k8s.io/v1beta3")
+    broken = tmp_path / "join.yaml"
+    broken.write_text(text)
+    done = kubeadm_validate(kubeadm, broken)
+    assert done.returncode != 0 and "kubeletExtraArgs" in done.stderr, done.stderr
+
+
+def test_kubeadm_names_the_images_the_toolchain_built(kubeadm: Path, toolchain: Path) -> None:
+    recorded = json.loads((toolchain / "image-versions.json").read_text())
+    assert recorded == build.images_kubeadm_expects(kubeadm)
+    assert recorded["kube-apiserver"] == f"v{build.kubernetes_version()}"
+    for name in ("etcd", "coredns", "pause"):
+        assert piece(toolchain, name).exists()
+
+
+def pulumi_env(toolchain: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PULUMI_HOME": str(toolchain / "pulumi-home"),
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+    }
+
+
+def test_pulumi_cli_is_the_pinned_version(toolchain: Path) -> None:
+    pulumi = piece(toolchain, "pulumi")
+    done = subprocess.run(
+        [str(pulumi), "version"], capture_output=True, text=True, env=pulumi_env(toolchain), check=True
+    )
+    assert done.stdout.strip() == f"v{build.PULUMI_VERSION}"
+
+
+def test_plugins_are_registered_at_the_sdk_versions(toolchain: Path) -> None:
+    pulumi = piece(toolchain, "pulumi")
+    done = subprocess.run(
+        [str(pulumi), "plugin", "ls", "--json"], capture_output=True, text=True, env=pulumi_env(toolchain), check=True
+    )
+    listed = {(p["name"], p["version"]) for p in json.loads(done.stdout) if p["kind"] == "resource"}
+    built = build.registered_plugins(toolchain)
+    assert built, "no provider plugin was built"
+    assert set(built.items()) <= listed
+    assert ("kubernetes", build.KUBERNETES_PROVIDER[0]) in listed
