@@ -151,7 +151,8 @@ def is_local_replace(line: str) -> bool:
 
 
 def go_build(ctx: Context, work: Path, out: Path, packages: list[str], ldflags: str, tags: str = "") -> None:
-    args = ["go", "build", "-trimpath", "-ldflags", f"-s -w {ldflags}", "-o", f"{out}/"]
+    """Build `packages` into `out`: an existing directory for several commands, else the executable."""
+    args = ["go", "build", "-trimpath", "-ldflags", f"-s -w {ldflags}", "-o", str(out)]
     if tags:
         args += ["-tags", tags]
     ctx.run([*args, *packages], work)
@@ -194,15 +195,14 @@ def build_etcd(ctx: Context, work: Path, out: Path) -> str:
     tag = ctx.versions["etcd"]  # e.g. 3.6.5-0: the image revision suffix is not part of the module version
     version = "v" + tag.split("-")[0]
     wrapper_module(ctx, work, "go.etcd.io/etcd/server/v3", version)
-    go_build(ctx, work, out, ["go.etcd.io/etcd/server/v3"], "")
-    (out / "v3").rename(out / "etcd")
+    go_build(ctx, work, out / "etcd", ["go.etcd.io/etcd/server/v3"], "")
     return f"go.etcd.io/etcd/server/v3@{version}"
 
 
 def build_coredns(ctx: Context, work: Path, out: Path) -> str:
     version = ctx.versions["coredns"]
     wrapper_module(ctx, work, "github.com/coredns/coredns", version)
-    go_build(ctx, work, out, ["github.com/coredns/coredns"], "")
+    go_build(ctx, work, out / "coredns", ["github.com/coredns/coredns"], "")
     return f"github.com/coredns/coredns@{version}"
 
 
@@ -222,7 +222,9 @@ def build_pulumi(ctx: Context, work: Path, out: Path) -> str:
     wrapper_module(ctx, work, "github.com/pulumi/pulumi/pkg/v3", version)
     ctx.run(["go", "get", f"github.com/pulumi/pulumi/sdk/v3@{version}"], work)
     stamp = f"-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version={version}"
-    go_build(ctx, work, out, ["github.com/pulumi/pulumi/pkg/v3/cmd/pulumi"], stamp, tags="osusergo,grpcnotrace")
+    go_build(
+        ctx, work, out / "pulumi", ["github.com/pulumi/pulumi/pkg/v3/cmd/pulumi"], stamp, tags="osusergo,grpcnotrace"
+    )
     return f"github.com/pulumi/pulumi/pkg/v3@{version}"
 
 
@@ -240,7 +242,7 @@ def build_kubernetes_provider(ctx: Context, work: Path, out: Path) -> str:
     cmd = work / "cmd" / "pulumi-resource-kubernetes"
     ctx.run(["go", "generate", "."], cmd, env={"VERSION": version})
     stamp = f"-X {module}/pkg/version.Version={version}"
-    go_build(ctx, work, out, ["./cmd/pulumi-resource-kubernetes"], stamp)
+    go_build(ctx, work, out / "pulumi-resource-kubernetes", ["./cmd/pulumi-resource-kubernetes"], stamp)
     return f"{module}@{pseudo} (v{version})"
 
 
