@@ -24,8 +24,17 @@ SYSCTLS = {
     "net.bridge.bridge-nf-call-ip6tables": "1",
     "net.ipv4.ip_forward": "1",
 }
-# kubeadm 1.31+ expects this pause image; containerd's own default is older.
-SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
+# The pause image kubeadm names per minor (PauseVersion in its constants.go, read at 1.31.4, 1.32.0,
+# 1.33.0, 1.34.2, 1.35.4, 1.36.1, 1.37.2). containerd must sandbox pods with the same image: otherwise
+# kubeadm warns and a node with preloaded images still pulls another pause.
+PAUSE_TAG_BY_MINOR = {31: "3.10", 32: "3.10", 33: "3.10", 34: "3.10.1", 35: "3.10.1", 36: "3.10.2", 37: "3.10.2"}
+
+
+def sandbox_image(kubernetes_version: str) -> str:
+    minor = int(kubernetes_version.split(".")[1])
+    return f"registry.k8s.io/pause:{PAUSE_TAG_BY_MINOR[minor]}"
+
+
 JOIN_TOKEN_TTL = "24h"
 DRAIN_TIMEOUT = "120s"
 
@@ -68,7 +77,9 @@ def user_data(config: ClusterConfig, node: NodeSpec, host_key: HostKey) -> str:
         host_public_key=host_key.public,
         kernel_modules=KERNEL_MODULES,
         sysctls=SYSCTLS,
-        containerd_config=render("cloud-init/containerd-config.toml.j2", sandbox_image=SANDBOX_IMAGE).rstrip("\n"),
+        containerd_config=render(
+            "cloud-init/containerd-config.toml.j2", sandbox_image=sandbox_image(config.kubernetes_version)
+        ).rstrip("\n"),
         prebaked=config.prebaked,
         install_script="" if config.prebaked else install_script(config).rstrip("\n"),
     )

@@ -161,13 +161,18 @@ def go_build(ctx: Context, work: Path, out: Path, packages: list[str], ldflags: 
 # ---- pieces -------------------------------------------------------------------------------------
 
 
-def build_kubernetes(ctx: Context, work: Path, out: Path) -> str:
-    version = f"v{kubernetes_version()}"
+def build_kubernetes_wrapper(ctx: Context, work: Path, version: str) -> None:
+    """A wrapper module for k8s.io/kubernetes: its ./staging replaces become the published modules."""
     info = ctx.download(f"k8s.io/kubernetes@{version}", work)
     staging = [r.split("=>")[0].strip() for r in replace_lines(Path(info["GoMod"]).read_text()) if "./staging" in r]
     published = "v0." + version.split(".", 1)[1]  # staging modules are published as v0.<minor>.<patch>
     extra = "".join(f"\t{name} => {name} {published}\n" for name in staging)
     wrapper_module(ctx, work, "k8s.io/kubernetes", version, extra)
+
+
+def build_kubernetes(ctx: Context, work: Path, out: Path) -> str:
+    version = f"v{kubernetes_version()}"
+    build_kubernetes_wrapper(ctx, work, version)
     # kubeadm reads its own version from these; unstamped it reports a placeholder and picks wrong images.
     major, minor = version[1:].split(".")[:2]
     stamp = " ".join(
@@ -246,6 +251,108 @@ def build_kubernetes_provider(ctx: Context, work: Path, out: Path) -> str:
     return f"{module}@{pseudo} (v{version})"
 
 
+def build_agnhost(ctx: Context, work: Path, out: Path) -> str:
+    """agnhost from the test tree of the pinned Kubernetes, whose VERSION file names its image tag."""
+    version = f"v{kubernetes_version()}"
+    build_kubernetes_wrapper(ctx, work, version)
+    go_build(ctx, work, out / "agnhost", ["k8s.io/kubernetes/test/images/agnhost"], "")
+    info = ctx.download(f"k8s.io/kubernetes@{version}", work)
+    tag = (Path(info["Dir"]) / "test" / "images" / "agnhost" / "VERSION").read_text().strip()
+    (out / "VERSION").write_text(tag + "\n")
+    return f"k8s.io/kubernetes@{version} test/images/agnhost (agnhost {tag})"
+
+
+# ---- OCI images, made without Docker -------------------------------------------------------------
+
+DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
+# kube-proxy programs iptables/ipset itself: its image needs those tools, the others a bare rootfs.
+PROXY_PACKAGES = "iptables,ipset,iproute2,conntrack,kmod"
+MINIMAL_FILES = {
+    "etc/passwd": "root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n",
+    "etc/group": "root:x:0:\nnogroup:x:65534:\n",
+    "etc/nsswitch.conf": "hosts: files dns\n",
+}
+PATH_ENV = "PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Image:
+    """One image: its reference exactly as kubeadm or our manifests name it, and what goes inside."""
+
+    ref: str
+    binary: str  # a file of the pieces/ tree, as <piece>/<file>
+    path: str  # where it lies in the image
+    entrypoint: bool  # kubeadm's static pods name a command; Deployments rely on the entrypoint
+    debian: bool = False
+
+
+def images_to_build(home: Path) -> list[Image]:
+    versions = load_versions(home)
+    k8s = f"v{kubernetes_version()}"
+    agnhost = (home / "pieces" / "agnhost" / "VERSION").read_text().strip()
+    control_plane = [
+        Image(f"registry.k8s.io/{c}:{k8s}", f"kubernetes/{c}", f"/usr/local/bin/{c}", False)
+        for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+    ]
+    return [
+        *control_plane,
+        Image(f"registry.k8s.io/kube-proxy:{k8s}", "kubernetes/kube-proxy", "/usr/local/bin/kube-proxy", False, True),
+        Image(f"registry.k8s.io/etcd:{versions['etcd']}", "etcd/etcd", "/usr/local/bin/etcd", False),
+        Image(f"registry.k8s.io/coredns/coredns:{versions['coredns']}", "coredns/coredns", "/coredns", True),
+        Image(f"registry.k8s.io/pause:{versions['pause']}", "pause/pause", "/pause", True),
+        Image(f"registry.k8s.io/e2e-test-images/agnhost:{agnhost}", "agnhost/agnhost", "/agnhost", True),
+    ]
+
+
+def archive_name(ref: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", ref.split("/", 1)[1]) + ".tar"
+
+
+def debian_rootfs(ctx: Context, work: Path) -> Path:
+    tarball = work / "debian-proxy-base.tar"
+    if not tarball.exists():
+        suite = ["bookworm", str(tarball), DEBIAN_MIRROR]
+        ctx.run(["mmdebstrap", "--quiet", "--variant=essential", f"--include={PROXY_PACKAGES}", *suite], work)
+    return tarball
+
+
+def build_image(ctx: Context, work: Path, out: Path, image: Image) -> None:
+    layout, bundle = work / "layout", work / f"bundle-{archive_name(image.ref)}"
+    if not layout.exists():
+        ctx.run(["umoci", "init", "--layout", str(layout)], work)
+    tag = archive_name(image.ref).removesuffix(".tar")
+    ctx.run(["umoci", "new", "--image", f"{layout}:{tag}"], work)
+    ctx.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:{tag}", str(bundle)], work)
+    rootfs = bundle / "rootfs"
+    if image.debian:
+        ctx.run(["tar", "-xf", str(debian_rootfs(ctx, work)), "-C", str(rootfs)], work)
+    else:
+        for relative, text in MINIMAL_FILES.items():
+            (rootfs / relative).parent.mkdir(parents=True, exist_ok=True)
+            (rootfs / relative).write_text(text)
+        (rootfs / "tmp").mkdir(mode=0o1777, exist_ok=True)
+    target = rootfs / image.path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ctx.home / "pieces" / image.binary, target)
+    ctx.run(["umoci", "repack", "--image", f"{layout}:{tag}", str(bundle)], work)
+    config = ["umoci", "config", "--image", f"{layout}:{tag}", "--config.env", PATH_ENV, "--os", "linux"]
+    config += ["--architecture", "amd64"]
+    if image.entrypoint:
+        config += ["--config.entrypoint", image.path]
+    ctx.run(config, work)
+    archive = f"docker-archive:{out / archive_name(image.ref)}:{image.ref}"
+    ctx.run(["skopeo", "--insecure-policy", "copy", "--quiet", f"oci:{layout}:{tag}", archive], work)
+    shutil.rmtree(bundle)
+
+
+def build_images(ctx: Context, work: Path, out: Path) -> str:
+    images = images_to_build(ctx.home)
+    for image in images:
+        build_image(ctx, work, out, image)
+    (out / "images.txt").write_text("".join(f"{i.ref} {archive_name(i.ref)}\n" for i in images))
+    return "umoci + skopeo over the built pieces: " + ", ".join(i.ref.rsplit("/", 1)[1] for i in images)
+
+
 def refused(module_at_version: str) -> Callable[[Context, Path, Path], str]:
     """A piece whose source we pin but the proxy refuses today: tried on every run, built when served."""
 
@@ -268,6 +375,8 @@ PIECES = (
     Piece("etcd", build_etcd, needs_versions=True),
     Piece("coredns", build_coredns, needs_versions=True),
     Piece("pause", build_pause, needs_versions=True),
+    Piece("agnhost", build_agnhost),
+    Piece("images", build_images, needs_versions=True),
     Piece("pulumi", build_pulumi),
     Piece("pulumi-resource-kubernetes", build_kubernetes_provider),
     Piece("pulumi-language-python", refused(LANGUAGE_PYTHON)),

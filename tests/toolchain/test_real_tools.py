@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from components.render import sandbox_image
 from tests.render import render_stack
 from tests.toolchain import build
 
@@ -148,3 +149,9 @@ def test_plugins_are_registered_at_the_sdk_versions(toolchain: Path) -> None:
     assert built, "no provider plugin was built"
     assert set(built.items()) <= listed
     assert ("kubernetes", build.KUBERNETES_PROVIDER[0]) in listed
+
+
+def test_containerd_sandboxes_pods_with_the_pause_kubeadm_names(kubeadm: Path) -> None:
+    """kubeadm warns, and an offline node pulls, when containerd's sandbox image is another pause."""
+    listed = build.images_kubeadm_expects(kubeadm)
+    assert sandbox_image(build.kubernetes_version()) == f"registry.k8s.io/pause:{listed['pause']}"

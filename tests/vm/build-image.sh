@@ -33,7 +33,7 @@
 #   KOA_PREPULL_IMAGES=1 (default with a version) fetch `kubeadm config images list` plus the
 #                    program's containerd sandbox image into containerd (k8s.io namespace) inside the
 #                    image; 0: leave them to `kubeadm init`/`join` at first use
-#   KOA_SANDBOX_IMAGE sandbox (pause) image to pre-pull (default: SANDBOX_IMAGE of components/render.py)
+#   KOA_SANDBOX_IMAGE another sandbox (pause) image to pre-pull besides the one kubeadm lists
 #   KOA_IMAGE_WITHOUT=containerd
 #                    leave packages of the list below out (comma-separated) and keep their .debs in
 #                    debs/: the "bare" image of the boot-time saving test (tests/vm/test_prebaked_saving.py)
@@ -67,10 +67,8 @@ if [[ -n $k8s_version ]]; then
     k8s_minor=${k8s_version%.*}
     prepull=${KOA_PREPULL_IMAGES:-1}
     [[ $prepull == 0 || $prepull == 1 ]] || die "KOA_PREPULL_IMAGES=$prepull: want 0 or 1"
-    if [[ $prepull == 1 ]]; then
-        sandbox_image=${KOA_SANDBOX_IMAGE:-$(sed -n 's/^SANDBOX_IMAGE = "\(.*\)"$/\1/p' "$repo_root/components/render.py" 2>/dev/null || true)}
-        [[ -n $sandbox_image ]] || die "no sandbox image: set KOA_SANDBOX_IMAGE (e.g. registry.k8s.io/pause:3.10)"
-    fi
+    # The program's containerd sandboxes pods with the pause image kubeadm lists (components/render.py).
+    sandbox_image=${KOA_SANDBOX_IMAGE:-}
 fi
 if [[ -n ${KOA_IMAGE_WITHOUT:-} ]]; then
     IFS=, read -r -a without <<<"$KOA_IMAGE_WITHOUT"
@@ -265,7 +263,7 @@ if [[ -n $k8s_version ]]; then
         # its first use (the no-snapshot fallback of its WithNewSnapshot).
         mapfile -t images < <(in_chroot kubeadm config images list --kubernetes-version "v$k8s_version" 2>/dev/null)
         ((${#images[@]} > 0)) || die "kubeadm config images list gave no images"
-        [[ " ${images[*]} " == *" $sandbox_image "* ]] || images+=("$sandbox_image")
+        [[ -z $sandbox_image || " ${images[*]} " == *" $sandbox_image "* ]] || images+=("$sandbox_image")
         log "pre-pulling ${#images[@]} images into the image's containerd: ${images[*]}"
         sock=/run/koa-prepull/containerd.sock
         mkdir -p "$rootfs/run/koa-prepull"

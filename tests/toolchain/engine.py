@@ -1,0 +1,86 @@
+"""The real Pulumi engine runs the program: `python -m tests.toolchain.engine [--stack air] [--set k=v]`.
+
+The Go module proxy does not serve the Python language host (pulumi-language-python), so the engine
+drives the program through the Automation API's inline mode: the toolchain's `pulumi` CLI runs the
+deployment and calls back into this process over Pulumi's language protocol for the program. Config
+comes from a copy of Pulumi.yaml (its declared defaults apply, as in a real run) and of the stack file,
+in a scratch project directory with a local file backend and a throwaway passphrase: the committed
+stack files are never touched. Plugins come only from the toolchain's PULUMI_HOME.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from pulumi import automation as auto
+
+from tests.harness import ROOT
+from tests.toolchain import build
+
+
+def run_program() -> None:
+    """The project's own __main__.py, exactly as `pulumi up` would run it."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+
+
+def scratch_project(stack: str, settings: dict[str, str], into: Path) -> Path:
+    """Pulumi.yaml and the stack's file (if any) copied into `into`, with `settings` set on top."""
+    shutil.copy(ROOT / "Pulumi.yaml", into / "Pulumi.yaml")
+    stack_file = ROOT / f"Pulumi.{stack}.yaml"
+    if stack_file.exists():
+        shutil.copy(stack_file, into / f"Pulumi.{stack}.yaml")
+    (into / "state").mkdir()
+    return into
+
+
+def engine_stack(stack: str, project_dir: Path, toolchain: Path, program: Callable[[], None]) -> auto.Stack:
+    env = {
+        "PULUMI_BACKEND_URL": f"file://{project_dir / 'state'}",
+        "PULUMI_CONFIG_PASSPHRASE": "kube-on-air-engine-check",
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        "PULUMI_HOME": str(toolchain / "pulumi-home"),
+    }
+    os.environ.update(env)  # the inline program's own runtime reads them too
+    options = auto.LocalWorkspaceOptions(
+        work_dir=str(project_dir),
+        pulumi_home=str(toolchain / "pulumi-home"),
+        env_vars=env,
+        secrets_provider="passphrase",
+        pulumi_command=auto.PulumiCommand(root=str(toolchain), skip_version_check=False),
+    )
+    return auto.create_or_select_stack(stack, project_name="kube-on-air", program=program, opts=options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--stack", default="air")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config on top of the stack")
+    args = parser.parse_args(argv)
+    toolchain = (build.CACHE / "current").resolve()
+    settings = dict(item.split("=", 1) for item in args.set)
+    with tempfile.TemporaryDirectory(prefix="koa-engine-") as scratch:
+        project = scratch_project(args.stack, settings, Path(scratch))
+        stack = engine_stack(args.stack, project, toolchain, run_program)
+        for key, value in settings.items():
+            stack.set_config(key if ":" in key else f"kube-on-air:{key}", auto.ConfigValue(value))
+        try:
+            result = stack.preview(on_output=print, color="never")
+        except auto.CommandError as err:
+            print(f"[engine] preview failed:\n{err}", file=sys.stderr)
+            return 1
+        print(f"[engine] preview: {result.change_summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
