@@ -30,6 +30,10 @@
 #                    add the pkgs.k8s.io apt repository of that minor and install kubelet, kubeadm,
 #                    kubectl =<version>-* (+ kubernetes-cni, cri-tools, conntrack), held; needs
 #                    https://pkgs.k8s.io (and https://registry.k8s.io for the images) from this host
+#   KOA_TOOLCHAIN=DIR offline source for the Kubernetes variant: kubeadm/kubelet/kubectl, their units
+#                    (templates/image/) and the image archives of `make toolchain` (DIR is its
+#                    toolchain/current) instead of pkgs.k8s.io and registry.k8s.io; CNI plugins,
+#                    conntrack and the other node tools come from Debian
 #   KOA_PREPULL_IMAGES=1 (default with a version) fetch `kubeadm config images list` plus the
 #                    program's containerd sandbox image into containerd (k8s.io namespace) inside the
 #                    image; 0: leave them to `kubeadm init`/`join` at first use
@@ -85,6 +89,18 @@ fi
 # Empty for the default image: the test image's key is the script's content, as before.
 variant=
 [[ -z $k8s_version ]] || variant="kubernetes=$k8s_version prepull=$prepull sandbox=$sandbox_image"
+toolchain=${KOA_TOOLCHAIN:-}
+if [[ -n $toolchain ]]; then
+    [[ -n $k8s_version ]] || die "KOA_TOOLCHAIN needs KOA_KUBERNETES_VERSION (the stack's kubernetesVersion)"
+    toolchain=$(readlink -f "$toolchain")
+    [[ -x $toolchain/bin/kubeadm ]] || die "KOA_TOOLCHAIN=$toolchain holds no bin/kubeadm: run make toolchain"
+    built=$("$toolchain/bin/kubeadm" version -o short)
+    [[ $built == "v$k8s_version" ]] || die "the toolchain's kubeadm is $built, the stack wants v$k8s_version"
+    [[ -f $toolchain/pieces/images/images.txt ]] || die "the toolchain at $toolchain has no images: run make toolchain"
+    # Node tools the upstream .debs would pull in, and the CNI plugins, from Debian.
+    PACKAGES+=(conntrack iptables ethtool socat ebtables containernetworking-plugins)
+    variant="$variant source=toolchain:$(sha256sum "$toolchain/manifest.json" "$repo_root/templates/image/"* | sha256sum | cut -c1-16)"
+fi
 ((${#without[@]} == 0)) || variant="without=$(IFS=,; printf '%s' "${without[*]}")"
 
 hash=$({ cat "$script_path"; printf '%s' "$variant"; } | sha256sum | cut -c1-16)
@@ -116,7 +132,7 @@ done
 
 # The Kubernetes variant needs pkgs.k8s.io (and registry.k8s.io): find out now, not after debootstrap.
 k8s_repo=
-if [[ -n $k8s_version ]]; then
+if [[ -n $k8s_version && -z $toolchain ]]; then
     command -v curl >/dev/null || die "missing curl (apt-get install curl)"
     k8s_repo="https://pkgs.k8s.io/core:/stable:/v$k8s_minor/deb/"
     if ! err=$(curl -fsS --max-time 20 -o /dev/null "${k8s_repo}Release.key" 2>&1); then
@@ -231,7 +247,39 @@ if ((${#without[@]} > 0)); then
 fi
 
 # Pinned Kubernetes packages from pkgs.k8s.io, as install-kubernetes.sh.j2 does at boot.
-if [[ -n $k8s_version ]]; then
+# Image archives of the toolchain into the image's containerd, stored unpacked-on-first-use as with
+# `content fetch` below (unpacking needs overlay mounts the build tree does not have).
+import_archives() {
+    local sock=$1 ref archive flags=()
+    in_chroot ctr images import --help 2>/dev/null | grep -q -- --no-unpack && flags+=(--no-unpack)
+    mkdir -p "$rootfs/run/koa-prepull/archives"
+    while read -r ref archive; do
+        cp "$toolchain/pieces/images/$archive" "$rootfs/run/koa-prepull/archives/$archive"
+        in_chroot ctr --address "$sock" -n k8s.io images import "${flags[@]}" "/run/koa-prepull/archives/$archive" \
+            >>"$work/pull.log" 2>&1 || { tail -n 20 "$work/pull.log" >&2; die "importing $ref ($archive) failed"; }
+        rm "$rootfs/run/koa-prepull/archives/$archive"
+    done <"$toolchain/pieces/images/images.txt"
+}
+
+# The same binaries, units and images from `make toolchain`: no pkgs.k8s.io, no registry.
+install_from_toolchain() {
+    log "installing kubelet, kubeadm, kubectl $k8s_version from $toolchain"
+    local tool
+    for tool in kubeadm kubelet kubectl; do
+        install -m 0755 "$toolchain/bin/$tool" "$rootfs/usr/bin/$tool"
+    done
+    install -m 0644 "$repo_root/templates/image/kubelet.service" "$rootfs/lib/systemd/system/kubelet.service"
+    install -d "$rootfs/lib/systemd/system/kubelet.service.d"
+    install -m 0644 "$repo_root/templates/image/10-kubeadm.conf" "$rootfs/lib/systemd/system/kubelet.service.d/10-kubeadm.conf"
+    # Debian installs the CNI plugins in /usr/lib/cni; containerd looks in /opt/cni/bin.
+    install -d "$rootfs/opt/cni"
+    ln -sfn /usr/lib/cni "$rootfs/opt/cni/bin"
+}
+
+if [[ -n $k8s_version && -n $toolchain ]]; then
+    chroot_apt_begin
+    install_from_toolchain
+elif [[ -n $k8s_version ]]; then
     log "installing kubelet, kubeadm, kubectl $k8s_version from $k8s_repo"
     chroot_apt_begin
     keyring=/etc/apt/keyrings/kubernetes-apt-keyring.gpg
@@ -253,6 +301,8 @@ if [[ -n $k8s_version ]]; then
         kubernetes-cni cri-tools conntrack >>"$work/apt.log" 2>&1 ||
         { tail -n 20 "$work/apt.log" >&2; die "installing the Kubernetes $k8s_version packages failed"; }
     in_chroot apt-mark hold kubelet kubeadm kubectl >/dev/null
+fi
+if [[ -n $k8s_version ]]; then
     in_chroot systemctl enable kubelet >/dev/null
     [[ $(in_chroot kubeadm version -o short) == "v$k8s_version" ]] || die "kubeadm in the image is not v$k8s_version"
 
@@ -285,11 +335,19 @@ EOF
             sleep 0.5
         done
         ((ready)) || { tail -n 20 "$work/containerd.log" >&2; die "containerd in the image did not answer within 30 s"; }
+        if [[ -n $toolchain ]]; then
+            import_archives "$sock"
+        else
+            for ref in "${images[@]}"; do
+                in_chroot ctr --address "$sock" -n k8s.io content fetch --platform linux/amd64 "$ref" >>"$work/pull.log" 2>&1 ||
+                    { tail -n 20 "$work/pull.log" >&2; die "pulling $ref failed"; }
+            done
+        fi
+        listed=$(in_chroot ctr --address "$sock" -n k8s.io images list -q)
         for ref in "${images[@]}"; do
-            in_chroot ctr --address "$sock" -n k8s.io content fetch --platform linux/amd64 "$ref" >>"$work/pull.log" 2>&1 ||
-                { tail -n 20 "$work/pull.log" >&2; die "pulling $ref failed"; }
+            grep -qxF "$ref" <<<"$listed" || die "$ref is not in the image's containerd after the pre-pull"
         done
-        in_chroot ctr --address "$sock" -n k8s.io images list -q >&2
+        printf '%s\n' "$listed" >&2
         kill "$containerd_pid"
         wait "$containerd_pid" || true
         containerd_pid=
