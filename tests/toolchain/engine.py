@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pulumi import automation as auto
@@ -32,8 +33,8 @@ def run_program() -> None:
     runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
 
 
-def scratch_project(stack: str, settings: dict[str, str], into: Path) -> Path:
-    """Pulumi.yaml and the stack's file (if any) copied into `into`, with `settings` set on top."""
+def scratch_project(stack: str, into: Path) -> Path:
+    """Pulumi.yaml and the stack's file (if any) copied into `into`, with a state directory."""
     shutil.copy(ROOT / "Pulumi.yaml", into / "Pulumi.yaml")
     stack_file = ROOT / f"Pulumi.{stack}.yaml"
     if stack_file.exists():
@@ -61,24 +62,38 @@ def engine_stack(stack: str, project_dir: Path, toolchain: Path, program: Callab
     return auto.create_or_select_stack(stack, project_name="kube-on-air", program=program, opts=options)
 
 
+@dataclass(frozen=True)
+class Preview:
+    output: str  # what the engine printed
+    error: str | None  # the engine's failure, None when the preview ran to its end
+
+
+def preview(stack: str, settings: dict[str, str]) -> Preview:
+    """`pulumi preview` of `stack` with `settings` (keys with or without namespace) by the real engine."""
+    toolchain = (build.CACHE / "current").resolve()
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="koa-engine-") as scratch:
+        project = scratch_project(stack, Path(scratch))
+        engine = engine_stack(stack, project, toolchain, run_program)
+        for key, value in settings.items():
+            engine.set_config(key if ":" in key else f"kube-on-air:{key}", auto.ConfigValue(value))
+        try:
+            engine.preview(on_output=lines.append, color="never")
+        except auto.CommandError as err:
+            return Preview("\n".join(lines), str(err))
+    return Preview("\n".join(lines), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--stack", default="air")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config on top of the stack")
     args = parser.parse_args(argv)
-    toolchain = (build.CACHE / "current").resolve()
-    settings = dict(item.split("=", 1) for item in args.set)
-    with tempfile.TemporaryDirectory(prefix="koa-engine-") as scratch:
-        project = scratch_project(args.stack, settings, Path(scratch))
-        stack = engine_stack(args.stack, project, toolchain, run_program)
-        for key, value in settings.items():
-            stack.set_config(key if ":" in key else f"kube-on-air:{key}", auto.ConfigValue(value))
-        try:
-            result = stack.preview(on_output=print, color="never")
-        except auto.CommandError as err:
-            print(f"[engine] preview failed:\n{err}", file=sys.stderr)
-            return 1
-        print(f"[engine] preview: {result.change_summary}")
+    result = preview(args.stack, dict(item.split("=", 1) for item in args.set))
+    print(result.output)
+    if result.error is not None:
+        print(f"[engine] preview failed: {result.error.strip().splitlines()[-1]}", file=sys.stderr)
+        return 1
     return 0
 
 
