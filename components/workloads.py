@@ -8,6 +8,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_kubernetes.apps.v1 import Deployment, DeploymentSpecArgs
 from pulumi_kubernetes.core.v1 import (
+    AffinityArgs,
     ContainerArgs,
     ContainerPortArgs,
     ExecActionArgs,
@@ -15,6 +16,8 @@ from pulumi_kubernetes.core.v1 import (
     HTTPGetActionArgs,
     Namespace,
     Pod,
+    PodAffinityTermArgs,
+    PodAntiAffinityArgs,
     PodSpecArgs,
     PodTemplateSpecArgs,
     ProbeArgs,
@@ -22,7 +25,6 @@ from pulumi_kubernetes.core.v1 import (
     Service,
     ServicePortArgs,
     ServiceSpecArgs,
-    TopologySpreadConstraintArgs,
     VolumeArgs,
     VolumeMountArgs,
 )
@@ -35,6 +37,8 @@ KUARD_IMAGE = "gcr.io/kuar-demo/kuard-amd64:1"
 DNSTOOLS_IMAGE = "docker.io/infoblox/dnstools:latest"
 AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.53"
 ECHO_PORT = 8080
+# The label the Deployment controller puts on each revision's pods (and ReplicaSet).
+REVISION_LABEL = "pod-template-hash"
 
 
 @dataclass(frozen=True)
@@ -45,15 +49,26 @@ class WorkloadsArgs:
     cni: pulumi.Resource
 
 
-def spread_one_per_node(labels: dict[str, str]) -> list[TopologySpreadConstraintArgs]:
-    return [
-        TopologySpreadConstraintArgs(
-            max_skew=1,
-            topology_key="kubernetes.io/hostname",
-            when_unsatisfiable="DoNotSchedule",
-            label_selector=LabelSelectorArgs(match_labels=labels),
+def one_per_node(labels: dict[str, str]) -> AffinityArgs:
+    """At most one pod of a revision per node; with one replica per worker, exactly one on each.
+
+    Required anti-affinity, scoped to the revision by `matchLabelKeys`: a rolling update's surge pod
+    only avoids pods of its own revision, so it can always be placed, and the revision still ends
+    one per worker. Unlike a topology spread rule there is no skew over a global minimum, so a node
+    the pods can never use (the tainted control plane, a cordoned or NotReady worker) changes nothing:
+    a pod whose node is unusable waits rather than doubling up on another worker.
+    """
+    return AffinityArgs(
+        pod_anti_affinity=PodAntiAffinityArgs(
+            required_during_scheduling_ignored_during_execution=[
+                PodAffinityTermArgs(
+                    topology_key="kubernetes.io/hostname",
+                    label_selector=LabelSelectorArgs(match_labels=labels),
+                    match_label_keys=[REVISION_LABEL],
+                )
+            ]
         )
-    ]
+    )
 
 
 def _deployment(
@@ -140,7 +155,7 @@ def _kuard(name: str, opts: pulumi.ResourceOptions) -> Pod:
 def _dnstools(name: str, replicas: int, opts: pulumi.ResourceOptions) -> Deployment:
     pod = PodSpecArgs(
         containers=[ContainerArgs(name="dnstools", image=DNSTOOLS_IMAGE, stdin=True, tty=True)],
-        topology_spread_constraints=spread_one_per_node({"app": "dnstools"}),
+        affinity=one_per_node({"app": "dnstools"}),
     )
     return _deployment("dnstools", f"{name}-dnstools", replicas, pod, opts)
 
@@ -158,7 +173,7 @@ def _connectivity_check(
                 readiness_probe=ProbeArgs(http_get=HTTPGetActionArgs(path="/healthz", port=ECHO_PORT)),
             )
         ],
-        topology_spread_constraints=spread_one_per_node({"app": "echo"}),
+        affinity=one_per_node({"app": "echo"}),
     )
     echo = _deployment("echo", f"{name}-echo", replicas, echo_pod, opts)
     service = Service(
@@ -184,7 +199,7 @@ def _connectivity_check(
                 ),
             )
         ],
-        topology_spread_constraints=spread_one_per_node({"app": "probe"}),
+        affinity=one_per_node({"app": "probe"}),
     )
     probe = _deployment(
         "probe",
