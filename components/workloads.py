@@ -15,7 +15,6 @@ from pulumi_kubernetes.core.v1 import (
     HostPathVolumeSourceArgs,
     HTTPGetActionArgs,
     Namespace,
-    Pod,
     PodAffinityTermArgs,
     PodAntiAffinityArgs,
     PodSpecArgs,
@@ -110,12 +109,14 @@ class Workloads(pulumi.ComponentResource):
         self.register_outputs({"namespace": NAMESPACE, "workloads": list(config.workloads)})
 
 
-def _kuard(name: str, opts: pulumi.ResourceOptions) -> Pod:
+def _kuard(name: str, opts: pulumi.ResourceOptions) -> Deployment:
+    """The seed's kuard Pod, under a Deployment so a drain (or a lost node) does not end it."""
     http = HTTPGetActionArgs(port=ECHO_PORT)
-    return Pod(
+    return _deployment(
+        "kuard",
         f"{name}-kuard",
-        metadata=ObjectMetaArgs(name="kuard", namespace=NAMESPACE, labels={"app": "kuard"}),
-        spec=PodSpecArgs(
+        1,
+        PodSpecArgs(
             containers=[
                 ContainerArgs(
                     name="kuard",
@@ -148,7 +149,7 @@ def _kuard(name: str, opts: pulumi.ResourceOptions) -> Pod:
                 )
             ],
         ),
-        opts=opts,
+        opts,
     )
 
 

@@ -147,3 +147,27 @@ def test_the_model_refuses_rules_it_does_not_know() -> None:
         scheduling.rules_of(template)
     with pytest.raises(ValueError, match="topologyKey"):
         seed_rule(topologyKey="topology.kubernetes.io/zone")
+
+
+def test_kuard_is_the_seeds_pod_under_a_deployment(air: Evaluation) -> None:
+    """A bare Pod is deleted by `kubectl drain --force` and nothing recreates it."""
+    assert air.of_type("kubernetes:core/v1:Pod") == []
+    kuard = deployments(air)["kuard"]
+    assert kuard["spec"]["replicas"] == 1
+    assert kuard["spec"]["selector"] == {"matchLabels": {"app": "kuard"}}
+    pod = kuard["spec"]["template"]
+    assert pod["metadata"]["labels"] == {"app": "kuard"}
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == "gcr.io/kuar-demo/kuard-amd64:1"
+    assert container["ports"] == [{"containerPort": 8080, "name": "http", "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthy", "port": 8080}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8080}
+    assert container["resources"] == {
+        "limits": {"cpu": "100m", "memory": "128Mi"},
+        "requests": {"cpu": "50m", "memory": "64Mi"},
+    }
+    assert pod["spec"]["volumes"] == [
+        {"hostPath": {"path": "/var/lib/kuard", "type": "DirectoryOrCreate"}, "name": "kuard-data"}
+    ]
+    ends = rollout_ends(kuard["spec"], cluster_nodes(air), one_each(["work11"], "old"))
+    assert all(scheduling.finished(end, 1) for end in ends)
