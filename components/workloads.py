@@ -1,4 +1,9 @@
-"""The seed's test workloads: kuard, dnstools and a connectivity check gating `pulumi up`."""
+"""The seed's test workloads: kuard, dnstools and a connectivity check gating `pulumi up`.
+
+Only the connectivity check is awaited (its probe, with `connectivityTimeoutSeconds`); everything
+else is applied and left to its controller, so a slow image pull of kuard or dnstools never holds
+`pulumi up`.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +41,9 @@ KUARD_IMAGE = "gcr.io/kuar-demo/kuard-amd64:1"
 DNSTOOLS_IMAGE = "docker.io/infoblox/dnstools:latest"
 AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.53"
 ECHO_PORT = 8080
+# pulumi-kubernetes annotation: apply the object and do not wait for it to become ready (nor, for a
+# Deployment, for its deletion). Without it a Deployment is awaited until Available, 10 min by default.
+APPLY_ONLY = {"pulumi.com/skipAwait": "true"}
 # The label the Deployment controller puts on each revision's pods (and ReplicaSet).
 REVISION_LABEL = "pod-template-hash"
 
@@ -71,12 +79,20 @@ def one_per_node(labels: dict[str, str]) -> AffinityArgs:
 
 
 def _deployment(
-    name: str, resource_name: str, replicas: int, pod: PodSpecArgs, opts: pulumi.ResourceOptions
+    name: str,
+    resource_name: str,
+    replicas: int,
+    pod: PodSpecArgs,
+    opts: pulumi.ResourceOptions,
+    *,
+    awaited: bool,
 ) -> Deployment:
     labels = {"app": name}
     return Deployment(
         resource_name,
-        metadata=ObjectMetaArgs(name=name, namespace=NAMESPACE, labels=labels),
+        metadata=ObjectMetaArgs(
+            name=name, namespace=NAMESPACE, labels=labels, annotations=None if awaited else APPLY_ONLY
+        ),
         spec=DeploymentSpecArgs(
             replicas=replicas,
             selector=LabelSelectorArgs(match_labels=labels),
@@ -105,8 +121,14 @@ class Workloads(pulumi.ComponentResource):
         if "dnstools" in config.workloads:
             self.dnstools = _dnstools(name, per_node, child)
         if "connectivity-check" in config.workloads:
-            self.echo, self.echo_service, self.probe = _connectivity_check(name, per_node, child)
+            gate = pulumi.ResourceOptions.merge(child, _gate_timeouts(config.connectivity_timeout_seconds))
+            self.echo, self.echo_service, self.probe = _connectivity_check(name, per_node, child, gate)
         self.register_outputs({"namespace": NAMESPACE, "workloads": list(config.workloads)})
+
+
+def _gate_timeouts(seconds: int) -> pulumi.ResourceOptions:
+    """How long the provider waits for the gating Deployment to become Available (create and update)."""
+    return pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create=f"{seconds}s", update=f"{seconds}s"))
 
 
 def _kuard(name: str, opts: pulumi.ResourceOptions) -> Deployment:
@@ -150,6 +172,7 @@ def _kuard(name: str, opts: pulumi.ResourceOptions) -> Deployment:
             ],
         ),
         opts,
+        awaited=False,
     )
 
 
@@ -158,12 +181,17 @@ def _dnstools(name: str, replicas: int, opts: pulumi.ResourceOptions) -> Deploym
         containers=[ContainerArgs(name="dnstools", image=DNSTOOLS_IMAGE, stdin=True, tty=True)],
         affinity=one_per_node({"app": "dnstools"}),
     )
-    return _deployment("dnstools", f"{name}-dnstools", replicas, pod, opts)
+    return _deployment("dnstools", f"{name}-dnstools", replicas, pod, opts, awaited=False)
 
 
 def _connectivity_check(
-    name: str, replicas: int, opts: pulumi.ResourceOptions
+    name: str, replicas: int, opts: pulumi.ResourceOptions, gate: pulumi.ResourceOptions
 ) -> tuple[Deployment, Service, Deployment]:
+    """echo behind a Service, and a probe Ready only while it reaches echo through it.
+
+    The probe is the gate: `pulumi up` waits for it, up to the configured timeout. echo and the
+    Service are not awaited on their own, since the probe cannot become Ready before both work.
+    """
     echo_pod = PodSpecArgs(
         containers=[
             ContainerArgs(
@@ -176,10 +204,10 @@ def _connectivity_check(
         ],
         affinity=one_per_node({"app": "echo"}),
     )
-    echo = _deployment("echo", f"{name}-echo", replicas, echo_pod, opts)
+    echo = _deployment("echo", f"{name}-echo", replicas, echo_pod, opts, awaited=False)
     service = Service(
         f"{name}-echo-svc",
-        metadata=ObjectMetaArgs(name="echo", namespace=NAMESPACE, labels={"app": "echo"}),
+        metadata=ObjectMetaArgs(name="echo", namespace=NAMESPACE, labels={"app": "echo"}, annotations=APPLY_ONLY),
         spec=ServiceSpecArgs(
             selector={"app": "echo"}, ports=[ServicePortArgs(name="http", port=ECHO_PORT, target_port=ECHO_PORT)]
         ),
@@ -207,6 +235,7 @@ def _connectivity_check(
         f"{name}-probe",
         replicas,
         probe_pod,
-        pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[service])),
+        pulumi.ResourceOptions.merge(gate, pulumi.ResourceOptions(depends_on=[service])),
+        awaited=True,
     )
     return echo, service, probe

@@ -50,6 +50,8 @@ class Resource:
     inputs: dict[str, Any]
     additional_secret_outputs: list[str]
     retain_on_delete: bool
+    # Resource option customTimeouts: operation -> duration ("600s"); only the ones set.
+    custom_timeouts: dict[str, str]
 
     def plain(self, key: str) -> Any:
         return unwrap(self.inputs.get(key))
@@ -227,6 +229,7 @@ def _run_child(request: dict[str, Any]) -> dict[str, Any]:
                         "inputs": rpc.deserialize_properties(request.object),
                         "additional_secret_outputs": list(request.additionalSecretOutputs),
                         "retain_on_delete": bool(request.retainOnDelete),
+                        "custom_timeouts": _custom_timeouts(request),
                     }
                 )
             return response
@@ -246,6 +249,11 @@ def _run_child(request: dict[str, Any]) -> dict[str, Any]:
     except Exception as err:
         error = f"{type(err).__name__}: {err}"
     return {"resources": records, "outputs": outputs, "error": error}
+
+
+def _custom_timeouts(request: Any) -> dict[str, str]:
+    timeouts = request.customTimeouts
+    return {op: getattr(timeouts, op) for op in ("create", "update", "delete") if getattr(timeouts, op)}
 
 
 def _run_program() -> None:

@@ -1,4 +1,4 @@
-"""Where the workloads' pods land.
+"""Where the workloads' pods land, and which of them `pulumi up` waits for.
 
 Placement is checked with tests/scheduling.py over every order the Deployment controller and the
 scheduler may choose, on the nodes the program builds (the control plane carries kubeadm's taint).
@@ -20,6 +20,7 @@ from tests.scheduling import NOT_READY_TAINT, Node, Rules, State
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 PER_NODE = ("dnstools", "echo", "probe")
+SKIP_AWAIT = "pulumi.com/skipAwait"
 
 
 def deployments(evaluation: Evaluation) -> dict[str, dict[str, Any]]:
@@ -171,3 +172,20 @@ def test_kuard_is_the_seeds_pod_under_a_deployment(air: Evaluation) -> None:
     ]
     ends = rollout_ends(kuard["spec"], cluster_nodes(air), one_each(["work11"], "old"))
     assert all(scheduling.finished(end, 1) for end in ends)
+
+
+def test_only_the_connectivity_probe_is_awaited_with_the_configured_timeout(ssh_key: Path, air: Evaluation) -> None:
+    kube_objects = [r for r in air.resources if r.type.startswith("kubernetes:") and r.custom]
+    awaited = {
+        r.name for r in kube_objects if (r.plain("metadata") or {}).get("annotations", {}).get(SKIP_AWAIT) != "true"
+    }
+    # The CNI and the namespace are infrastructure the workloads wait for; of the workloads only the probe gates.
+    assert {n for n in awaited if n.startswith("kube-on-air-workloads-")} == {
+        "kube-on-air-workloads-ns",
+        "kube-on-air-workloads-probe",
+    }
+    for name in ("kuard", "dnstools", "echo", "echo-svc"):
+        assert air.named(f"kube-on-air-workloads-{name}").plain("metadata")["annotations"] == {SKIP_AWAIT: "true"}
+    assert air.named("kube-on-air-workloads-probe").custom_timeouts == {"create": "600s", "update": "600s"}
+    quick = evaluate("air", air_config(ssh_key, connectivityTimeoutSeconds="90"))
+    assert quick.named("kube-on-air-workloads-probe").custom_timeouts == {"create": "90s", "update": "90s"}
