@@ -6,6 +6,7 @@ runtime state; the child prints one JSON document that `evaluate` turns into an 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -22,19 +23,10 @@ SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 SECRET_KEY = "4dabf18193072939515e22adb298388d"
 FAKE_CA_HASH = "sha256:" + "ab" * 32
 FAKE_TOKEN = "abcdef.0123456789abcdef"
-FAKE_KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters:
-- cluster: {certificate-authority-data: Zm9v, server: 'https://172.31.255.10:6443'}
-  name: kube-on-air
-contexts:
-- context: {cluster: kube-on-air, user: kubernetes-admin}
-  name: admin
-current-context: admin
-users:
-- name: kubernetes-admin
-  user: {client-certificate-data: Zm9v, client-key-data: Zm9v}
-"""
+FAKE_CA_DATA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nZm9v\n-----END CERTIFICATE-----\n").decode()
+FAKE_SA_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrdWJlLW9uLWFpciJ9.c3RhbmQtaW4"
+# What the control plane's provider-credentials script prints (components/access.py).
+FAKE_PROVIDER_ACCESS = f"kube-on-air-air\nhttps://172.31.255.10:6443\n{FAKE_CA_DATA}\n{FAKE_SA_TOKEN}\n"
 
 
 @dataclass(frozen=True)
@@ -185,7 +177,7 @@ def _fake_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]
     if type_ == "command:remote:Command" and name.endswith("-join-credentials"):
         state["stdout"] = f"{FAKE_TOKEN}\n{FAKE_CA_HASH}\n"
     elif type_ == "command:remote:Command" and name.endswith("-kubeconfig"):
-        state["stdout"] = FAKE_KUBECONFIG
+        state["stdout"] = FAKE_PROVIDER_ACCESS
     elif type_ == "command:local:Command" and inputs.get("create") == "date +%s.%N":
         # Phase clock readings: the start marker, then every phase 42.5 s later.
         state["stdout"] = "1000.0\n" if name.endswith("-start") else "1042.5\n"
