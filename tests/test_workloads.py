@@ -58,13 +58,6 @@ def describe(ends: set[State]) -> str:
     return "; ".join(str(sorted(end)) for end in sorted(ends)[:3])
 
 
-@pytest.fixture(scope="module")
-def five(ssh_key: Path) -> Evaluation:
-    evaluation = evaluate("air", air_config(ssh_key, workerCount="5"))
-    assert evaluation.error is None, evaluation.error
-    return evaluation
-
-
 @pytest.mark.parametrize("name", PER_NODE)
 def test_first_placement_is_one_pod_per_worker(air: Evaluation, name: str) -> None:
     nodes = cluster_nodes(air)
