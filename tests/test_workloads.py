@@ -41,7 +41,8 @@ def cluster_nodes(evaluation: Evaluation) -> list[Node]:
     return nodes
 
 
-def workers(nodes: list[Node]) -> list[str]:
+def schedulable(nodes: list[Node]) -> list[str]:
+    """Nodes a pod without tolerations may use: the workers, or an untainted control plane alone."""
     return [n.name for n in nodes if not n.taints]
 
 
@@ -62,7 +63,7 @@ def describe(ends: set[State]) -> str:
 def test_first_placement_is_one_pod_per_worker(air: Evaluation, name: str) -> None:
     nodes = cluster_nodes(air)
     ends = rollout_ends(deployments(air)[name]["spec"], nodes, ())
-    expected = {worker: 1 for worker in workers(nodes)}
+    expected = {worker: 1 for worker in schedulable(nodes)}
     assert ends and all(scheduling.per_node(end) == expected for end in ends), describe(ends)
 
 
@@ -71,10 +72,10 @@ def test_a_rolling_update_finishes_one_pod_per_worker_in_every_order(air: Evalua
     """The seed's spread rule left the surge pod of every rollout Pending (see the model test below)."""
     nodes = cluster_nodes(air)
     spec = deployments(air)[name]["spec"]
-    ends = rollout_ends(spec, nodes, one_each(workers(nodes), "old"))
+    ends = rollout_ends(spec, nodes, one_each(schedulable(nodes), "old"))
     stuck = {end for end in ends if not scheduling.finished(end, int(spec["replicas"]))}
     assert not stuck, f"the rollout can stop half-way: {describe(stuck)}"
-    expected = {worker: 1 for worker in workers(nodes)}
+    expected = {worker: 1 for worker in schedulable(nodes)}
     assert all(scheduling.per_node(end) == expected for end in ends), describe(ends)
 
 
@@ -92,7 +93,7 @@ def test_scaling_up_waits_for_new_workers_instead_of_doubling_up(air: Evaluation
         assert max(scheduling.per_node(end).values()) == 1, f"two pods on one worker: {sorted(end)}"
     for end in waiting:
         after = rollout_ends(spec, ready, end)
-        assert all(scheduling.per_node(e) == {w: 1 for w in workers(ready)} for e in after), describe(after)
+        assert all(scheduling.per_node(e) == {w: 1 for w in schedulable(ready)} for e in after), describe(after)
 
 
 def test_without_workers_the_control_plane_takes_the_replica(ssh_key: Path) -> None:
@@ -121,7 +122,7 @@ def test_the_model_reproduces_the_seed_rules_stuck_rollout(air: Evaluation) -> N
     nodes = cluster_nodes(air)
     strategy = scheduling.strategy_of({"replicas": 3})
     assert strategy == scheduling.Strategy(max_surge=1, max_unavailable=0)
-    ends = scheduling.explore(seed_rule(), nodes, 3, strategy, one_each(workers(nodes), "old"))
+    ends = scheduling.explore(seed_rule(), nodes, 3, strategy, one_each(schedulable(nodes), "old"))
     assert ends and not any(scheduling.finished(end, 3) for end in ends)
 
 
