@@ -32,6 +32,8 @@ KUBEADM_MIN_VCPU = 2
 KUBEADM_MIN_MEMORY_MIB = 1700
 MAX_BRIDGE_NAME = 15  # Linux IFNAMSIZ - 1
 MAX_WORKERS = 200
+# How long `pulumi up` may wait for the connectivity check (image pulls included) before it fails.
+CONNECTIVITY_TIMEOUT_RANGE = (30, 7200)
 
 DEFAULT_IMAGE = "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2"
 
@@ -63,6 +65,7 @@ DEFAULTS: dict[str, str] = {
     "hostKeyDir": "~/.local/share/kube-on-air/{stack}/host-keys",
     "domainType": "kvm",
     "poolPath": "/var/lib/libvirt/images/kube-on-air-{stack}",
+    "connectivityTimeoutSeconds": "600",
 }
 DEFAULT_LIBVIRT_URI = "qemu:///system"
 
@@ -139,6 +142,7 @@ class ClusterConfig:
     host_key_dir: str
     domain_type: str
     libvirt_uri: str
+    connectivity_timeout_seconds: int
 
     @property
     def nodes(self) -> tuple[NodeSpec, ...]:
@@ -391,6 +395,14 @@ def _read_host_key_dir(reader: _Reader) -> str:
     return directory
 
 
+def _read_connectivity_timeout(reader: _Reader) -> int:
+    low, high = CONNECTIVITY_TIMEOUT_RANGE
+    fix = f"use whole seconds from {low} to {high}, e.g. 600"
+    seconds = reader.parse("connectivityTimeoutSeconds", _int, fix, low)
+    _check_range(reader, "connectivityTimeoutSeconds", seconds, low, high, fix)
+    return seconds
+
+
 def load(raw: Mapping[str, str | None], stack: str, libvirt_uri: str | None = None) -> ClusterConfig:
     """Validate everything in `raw` (key -> string, None = unset); raise one ConfigError listing all problems."""
     reader = _Reader(raw, stack)
@@ -400,6 +412,7 @@ def load(raw: Mapping[str, str | None], stack: str, libvirt_uri: str | None = No
     cni, workloads, domain_type = _read_choices(reader)
     user, key_path, public_key = _read_ssh(reader)
     host_key_dir = _read_host_key_dir(reader)
+    connectivity_timeout = _read_connectivity_timeout(reader)
     domain = reader.text("dnsDomain").lower()
     if not _DNS_NAME.match(domain):
         reader.problem("dnsDomain", domain, "use a DNS name such as air.internal")
@@ -445,6 +458,7 @@ def load(raw: Mapping[str, str | None], stack: str, libvirt_uri: str | None = No
         host_key_dir=host_key_dir,
         domain_type=domain_type,
         libvirt_uri=libvirt_uri or DEFAULT_LIBVIRT_URI,
+        connectivity_timeout_seconds=connectivity_timeout,
     )
 
 

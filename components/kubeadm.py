@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import local, remote
 
-from components import render, ssh
+from components import access, render, ssh
 from components.config import ClusterConfig, NodeSpec
 
 # Commands whose output carries secrets: never logged, outputs stored encrypted.
@@ -46,7 +46,8 @@ class ControlPlane(pulumi.ComponentResource):
         )
         self.fetch_kubeconfig = self._secret_command(f"{name}-kubeconfig", conn, render.fetch_kubeconfig_script(), [])
         self.join_credentials = pulumi.Output.secret(self.credentials.stdout)
-        self.kubeconfig = pulumi.Output.secret(self.fetch_kubeconfig.stdout)
+        # Not admin.conf itself: its client certificate expires after a year (see components/access.py).
+        self.kubeconfig = pulumi.Output.secret(self.fetch_kubeconfig.stdout.apply(access.provider_kubeconfig))
         self.register_outputs({"kubeconfig": self.kubeconfig})
 
     def _secret_command(

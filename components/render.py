@@ -12,7 +12,7 @@ from typing import Any
 
 import jinja2
 
-from components import hostkeys
+from components import access, hostkeys
 from components.config import ClusterConfig, NodeSpec
 from components.hostkeys import HostKey
 
@@ -37,6 +37,7 @@ def sandbox_image(kubernetes_version: str) -> str:
 
 JOIN_TOKEN_TTL = "24h"
 DRAIN_TIMEOUT = "120s"
+TOKEN_WAIT_SECONDS = 60
 
 
 @lru_cache(maxsize=1)
@@ -143,7 +144,14 @@ def kubeadm_join_script(node: NodeSpec) -> str:
 
 
 def fetch_kubeconfig_script() -> str:
-    return render("scripts/fetch-kubeconfig.sh.j2")
+    return render(
+        "scripts/fetch-kubeconfig.sh.j2",
+        manifests=access.access_manifests().rstrip("\n"),
+        namespace=access.ACCESS_NAMESPACE,
+        service_account=access.SERVICE_ACCOUNT,
+        secret=access.TOKEN_SECRET,
+        token_wait_seconds=TOKEN_WAIT_SECONDS,
+    )
 
 
 def remove_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:

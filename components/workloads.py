@@ -1,4 +1,9 @@
-"""The seed's test workloads: kuard, dnstools and a connectivity check gating `pulumi up`."""
+"""The seed's test workloads: kuard, dnstools and a connectivity check gating `pulumi up`.
+
+Only the connectivity check is awaited (its probe, with `connectivityTimeoutSeconds`); everything
+else is applied and left to its controller, so a slow image pull of kuard or dnstools never holds
+`pulumi up`.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,15 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_kubernetes.apps.v1 import Deployment, DeploymentSpecArgs
 from pulumi_kubernetes.core.v1 import (
+    AffinityArgs,
     ContainerArgs,
     ContainerPortArgs,
     ExecActionArgs,
     HostPathVolumeSourceArgs,
     HTTPGetActionArgs,
     Namespace,
-    Pod,
+    PodAffinityTermArgs,
+    PodAntiAffinityArgs,
     PodSpecArgs,
     PodTemplateSpecArgs,
     ProbeArgs,
@@ -22,7 +29,6 @@ from pulumi_kubernetes.core.v1 import (
     Service,
     ServicePortArgs,
     ServiceSpecArgs,
-    TopologySpreadConstraintArgs,
     VolumeArgs,
     VolumeMountArgs,
 )
@@ -35,6 +41,11 @@ KUARD_IMAGE = "gcr.io/kuar-demo/kuard-amd64:1"
 DNSTOOLS_IMAGE = "docker.io/infoblox/dnstools:latest"
 AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.53"
 ECHO_PORT = 8080
+# pulumi-kubernetes annotation: apply the object and do not wait for it to become ready (nor, for a
+# Deployment, for its deletion). Without it a Deployment is awaited until Available, 10 min by default.
+APPLY_ONLY = {"pulumi.com/skipAwait": "true"}
+# The label the Deployment controller puts on each revision's pods (and ReplicaSet).
+REVISION_LABEL = "pod-template-hash"
 
 
 @dataclass(frozen=True)
@@ -45,24 +56,43 @@ class WorkloadsArgs:
     cni: pulumi.Resource
 
 
-def spread_one_per_node(labels: dict[str, str]) -> list[TopologySpreadConstraintArgs]:
-    return [
-        TopologySpreadConstraintArgs(
-            max_skew=1,
-            topology_key="kubernetes.io/hostname",
-            when_unsatisfiable="DoNotSchedule",
-            label_selector=LabelSelectorArgs(match_labels=labels),
+def one_per_node(labels: dict[str, str]) -> AffinityArgs:
+    """At most one pod of a revision per node; with one replica per worker, exactly one on each.
+
+    Required anti-affinity, scoped to the revision by `matchLabelKeys`: a rolling update's surge pod
+    only avoids pods of its own revision, so it can always be placed, and the revision still ends
+    one per worker. Unlike a topology spread rule there is no skew over a global minimum, so a node
+    the pods can never use (the tainted control plane, a cordoned or NotReady worker) changes nothing:
+    a pod whose node is unusable waits rather than doubling up on another worker.
+    """
+    return AffinityArgs(
+        pod_anti_affinity=PodAntiAffinityArgs(
+            required_during_scheduling_ignored_during_execution=[
+                PodAffinityTermArgs(
+                    topology_key="kubernetes.io/hostname",
+                    label_selector=LabelSelectorArgs(match_labels=labels),
+                    match_label_keys=[REVISION_LABEL],
+                )
+            ]
         )
-    ]
+    )
 
 
 def _deployment(
-    name: str, resource_name: str, replicas: int, pod: PodSpecArgs, opts: pulumi.ResourceOptions
+    name: str,
+    resource_name: str,
+    replicas: int,
+    pod: PodSpecArgs,
+    opts: pulumi.ResourceOptions,
+    *,
+    awaited: bool,
 ) -> Deployment:
     labels = {"app": name}
     return Deployment(
         resource_name,
-        metadata=ObjectMetaArgs(name=name, namespace=NAMESPACE, labels=labels),
+        metadata=ObjectMetaArgs(
+            name=name, namespace=NAMESPACE, labels=labels, annotations=None if awaited else APPLY_ONLY
+        ),
         spec=DeploymentSpecArgs(
             replicas=replicas,
             selector=LabelSelectorArgs(match_labels=labels),
@@ -91,16 +121,24 @@ class Workloads(pulumi.ComponentResource):
         if "dnstools" in config.workloads:
             self.dnstools = _dnstools(name, per_node, child)
         if "connectivity-check" in config.workloads:
-            self.echo, self.echo_service, self.probe = _connectivity_check(name, per_node, child)
+            gate = pulumi.ResourceOptions.merge(child, _gate_timeouts(config.connectivity_timeout_seconds))
+            self.echo, self.echo_service, self.probe = _connectivity_check(name, per_node, child, gate)
         self.register_outputs({"namespace": NAMESPACE, "workloads": list(config.workloads)})
 
 
-def _kuard(name: str, opts: pulumi.ResourceOptions) -> Pod:
+def _gate_timeouts(seconds: int) -> pulumi.ResourceOptions:
+    """How long the provider waits for the gating Deployment to become Available (create and update)."""
+    return pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create=f"{seconds}s", update=f"{seconds}s"))
+
+
+def _kuard(name: str, opts: pulumi.ResourceOptions) -> Deployment:
+    """The seed's kuard Pod, under a Deployment so a drain (or a lost node) does not end it."""
     http = HTTPGetActionArgs(port=ECHO_PORT)
-    return Pod(
+    return _deployment(
+        "kuard",
         f"{name}-kuard",
-        metadata=ObjectMetaArgs(name="kuard", namespace=NAMESPACE, labels={"app": "kuard"}),
-        spec=PodSpecArgs(
+        1,
+        PodSpecArgs(
             containers=[
                 ContainerArgs(
                     name="kuard",
@@ -133,21 +171,27 @@ def _kuard(name: str, opts: pulumi.ResourceOptions) -> Pod:
                 )
             ],
         ),
-        opts=opts,
+        opts,
+        awaited=False,
     )
 
 
 def _dnstools(name: str, replicas: int, opts: pulumi.ResourceOptions) -> Deployment:
     pod = PodSpecArgs(
         containers=[ContainerArgs(name="dnstools", image=DNSTOOLS_IMAGE, stdin=True, tty=True)],
-        topology_spread_constraints=spread_one_per_node({"app": "dnstools"}),
+        affinity=one_per_node({"app": "dnstools"}),
     )
-    return _deployment("dnstools", f"{name}-dnstools", replicas, pod, opts)
+    return _deployment("dnstools", f"{name}-dnstools", replicas, pod, opts, awaited=False)
 
 
 def _connectivity_check(
-    name: str, replicas: int, opts: pulumi.ResourceOptions
+    name: str, replicas: int, opts: pulumi.ResourceOptions, gate: pulumi.ResourceOptions
 ) -> tuple[Deployment, Service, Deployment]:
+    """echo behind a Service, and a probe Ready only while it reaches echo through it.
+
+    The probe is the gate: `pulumi up` waits for it, up to the configured timeout. echo and the
+    Service are not awaited on their own, since the probe cannot become Ready before both work.
+    """
     echo_pod = PodSpecArgs(
         containers=[
             ContainerArgs(
@@ -158,12 +202,12 @@ def _connectivity_check(
                 readiness_probe=ProbeArgs(http_get=HTTPGetActionArgs(path="/healthz", port=ECHO_PORT)),
             )
         ],
-        topology_spread_constraints=spread_one_per_node({"app": "echo"}),
+        affinity=one_per_node({"app": "echo"}),
     )
-    echo = _deployment("echo", f"{name}-echo", replicas, echo_pod, opts)
+    echo = _deployment("echo", f"{name}-echo", replicas, echo_pod, opts, awaited=False)
     service = Service(
         f"{name}-echo-svc",
-        metadata=ObjectMetaArgs(name="echo", namespace=NAMESPACE, labels={"app": "echo"}),
+        metadata=ObjectMetaArgs(name="echo", namespace=NAMESPACE, labels={"app": "echo"}, annotations=APPLY_ONLY),
         spec=ServiceSpecArgs(
             selector={"app": "echo"}, ports=[ServicePortArgs(name="http", port=ECHO_PORT, target_port=ECHO_PORT)]
         ),
@@ -184,13 +228,14 @@ def _connectivity_check(
                 ),
             )
         ],
-        topology_spread_constraints=spread_one_per_node({"app": "probe"}),
+        affinity=one_per_node({"app": "probe"}),
     )
     probe = _deployment(
         "probe",
         f"{name}-probe",
         replicas,
         probe_pod,
-        pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[service])),
+        pulumi.ResourceOptions.merge(gate, pulumi.ResourceOptions(depends_on=[service])),
+        awaited=True,
     )
     return echo, service, probe

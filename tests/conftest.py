@@ -29,3 +29,11 @@ def air(ssh_key: Path) -> Evaluation:
     evaluation = evaluate("air", air_config(ssh_key))
     assert evaluation.error is None, evaluation.error
     return evaluation
+
+
+@pytest.fixture(scope="session")
+def five(ssh_key: Path) -> Evaluation:
+    """The air stack scaled to five workers."""
+    evaluation = evaluate("air", air_config(ssh_key, workerCount="5"))
+    assert evaluation.error is None, evaluation.error
+    return evaluation

@@ -6,6 +6,7 @@ runtime state; the child prints one JSON document that `evaluate` turns into an 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -22,19 +23,10 @@ SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 SECRET_KEY = "4dabf18193072939515e22adb298388d"
 FAKE_CA_HASH = "sha256:" + "ab" * 32
 FAKE_TOKEN = "abcdef.0123456789abcdef"
-FAKE_KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters:
-- cluster: {certificate-authority-data: Zm9v, server: 'https://172.31.255.10:6443'}
-  name: kube-on-air
-contexts:
-- context: {cluster: kube-on-air, user: kubernetes-admin}
-  name: admin
-current-context: admin
-users:
-- name: kubernetes-admin
-  user: {client-certificate-data: Zm9v, client-key-data: Zm9v}
-"""
+FAKE_CA_DATA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nZm9v\n-----END CERTIFICATE-----\n").decode()
+FAKE_SA_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrdWJlLW9uLWFpciJ9.c3RhbmQtaW4"
+# What the control plane's provider-credentials script prints (components/access.py).
+FAKE_PROVIDER_ACCESS = f"kube-on-air-air\nhttps://172.31.255.10:6443\n{FAKE_CA_DATA}\n{FAKE_SA_TOKEN}\n"
 
 
 @dataclass(frozen=True)
@@ -50,6 +42,8 @@ class Resource:
     inputs: dict[str, Any]
     additional_secret_outputs: list[str]
     retain_on_delete: bool
+    # Resource option customTimeouts: operation -> duration ("600s"); only the ones set.
+    custom_timeouts: dict[str, str]
 
     def plain(self, key: str) -> Any:
         return unwrap(self.inputs.get(key))
@@ -183,7 +177,7 @@ def _fake_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]
     if type_ == "command:remote:Command" and name.endswith("-join-credentials"):
         state["stdout"] = f"{FAKE_TOKEN}\n{FAKE_CA_HASH}\n"
     elif type_ == "command:remote:Command" and name.endswith("-kubeconfig"):
-        state["stdout"] = FAKE_KUBECONFIG
+        state["stdout"] = FAKE_PROVIDER_ACCESS
     elif type_ == "command:local:Command" and inputs.get("create") == "date +%s.%N":
         # Phase clock readings: the start marker, then every phase 42.5 s later.
         state["stdout"] = "1000.0\n" if name.endswith("-start") else "1042.5\n"
@@ -227,6 +221,7 @@ def _run_child(request: dict[str, Any]) -> dict[str, Any]:
                         "inputs": rpc.deserialize_properties(request.object),
                         "additional_secret_outputs": list(request.additionalSecretOutputs),
                         "retain_on_delete": bool(request.retainOnDelete),
+                        "custom_timeouts": _custom_timeouts(request),
                     }
                 )
             return response
@@ -246,6 +241,11 @@ def _run_child(request: dict[str, Any]) -> dict[str, Any]:
     except Exception as err:
         error = f"{type(err).__name__}: {err}"
     return {"resources": records, "outputs": outputs, "error": error}
+
+
+def _custom_timeouts(request: Any) -> dict[str, str]:
+    timeouts = request.customTimeouts
+    return {op: getattr(timeouts, op) for op in ("create", "update", "delete") if getattr(timeouts, op)}
 
 
 def _run_program() -> None:

@@ -65,6 +65,8 @@ BAD_VALUES = [
     ("domainType", "xen", "kvm"),
     ("poolPath", "images", "absolute"),
     ("resourcePrefix", "Air_", "lowercase"),
+    ("connectivityTimeoutSeconds", "10", "from 30 to 7200"),
+    ("connectivityTimeoutSeconds", "10m", "whole seconds"),
 ]
 
 

@@ -50,13 +50,6 @@ def test_every_connection_verifies_the_key_the_node_installs(air: Evaluation) ->
     assert len(set(installed.values())) == len(installed), "every node has its own key"
 
 
-@pytest.fixture(scope="module")
-def five(ssh_key: Path) -> Evaluation:
-    evaluation = evaluate("air", air_config(ssh_key, workerCount="5"))
-    assert evaluation.error is None, evaluation.error
-    return evaluation
-
-
 def test_scaling_keeps_existing_keys_and_keys_new_workers(air: Evaluation, five: Evaluation) -> None:
     before, after = installed_host_keys(air), installed_host_keys(five)
     assert {node: after[node] for node in before} == before, "a node that stays keeps its identity"

@@ -9,8 +9,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components import access
 from tests.conftest import air_config
-from tests.harness import FAKE_CA_HASH, FAKE_KUBECONFIG, FAKE_TOKEN, Evaluation, Resource, evaluate, is_secret, unwrap
+from tests.harness import (
+    FAKE_CA_HASH,
+    FAKE_PROVIDER_ACCESS,
+    FAKE_SA_TOKEN,
+    FAKE_TOKEN,
+    Evaluation,
+    Resource,
+    evaluate,
+    is_secret,
+    unwrap,
+)
 
 DOMAIN = "libvirt:index/domain:Domain"
 VOLUME = "libvirt:index/volume:Volume"
@@ -41,16 +52,8 @@ def test_air_stack_registers_the_seed_cluster(air: Evaluation) -> None:
         r"kube-router:v\d+\.\d+\.\d+$", daemon_set.plain("spec")["template"]["spec"]["containers"][0]["image"]
     )
     deployments = {d.plain("metadata")["name"]: d for d in air.of_type("kubernetes:apps/v1:Deployment")}
-    assert sorted(deployments) == ["dnstools", "echo", "probe"]
+    assert sorted(deployments) == ["dnstools", "echo", "kuard", "probe"]  # kuard: see test_workloads
     assert deployments["dnstools"].plain("spec")["replicas"] == 3
-    (kuard,) = air.of_type("kubernetes:core/v1:Pod")
-    container = kuard.plain("spec")["containers"][0]
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthy"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
-    assert container["resources"] == {
-        "limits": {"cpu": "100m", "memory": "128Mi"},
-        "requests": {"cpu": "50m", "memory": "64Mi"},
-    }
     assert air.outputs["kubeconfig"]["secret"] is True
 
 
@@ -118,7 +121,8 @@ def test_dependency_order(air: Evaluation) -> None:
 def test_kubernetes_resources_use_the_explicit_provider(air: Evaluation) -> None:
     (provider,) = air.of_type(K8S_PROVIDER)
     assert provider.is_secret("kubeconfig")
-    assert provider.plain("kubeconfig") == FAKE_KUBECONFIG
+    assert provider.plain("kubeconfig") == access.provider_kubeconfig(FAKE_PROVIDER_ACCESS)
+    assert air.outputs["kubeconfig"]["value"] == provider.plain("kubeconfig")
     kube_objects = [r for r in air.resources if r.type.startswith("kubernetes:")]
     assert len(kube_objects) >= 10
     for resource in kube_objects:
@@ -153,7 +157,7 @@ def test_secrets_stay_secret(air: Evaluation, ssh_key: Path) -> None:
         assert FAKE_TOKEN in join.plain("stdin")
     for line in all_command_lines(air):
         assert FAKE_TOKEN not in line and FAKE_CA_HASH not in line
-        assert "PRIVATE KEY" not in line and "client-key-data" not in line
+        assert "PRIVATE KEY" not in line and FAKE_SA_TOKEN not in line
 
 
 def test_no_secret_leaks_into_plain_inputs(air: Evaluation, ssh_key: Path) -> None:
@@ -170,7 +174,7 @@ def test_no_secret_leaks_into_plain_inputs(air: Evaluation, ssh_key: Path) -> No
 
     for resource in air.resources:
         text = plain_parts(resource.inputs)
-        assert FAKE_TOKEN not in text and private_key not in text and "client-key-data" not in text, resource.name
+        assert FAKE_TOKEN not in text and private_key not in text and FAKE_SA_TOKEN not in text, resource.name
         assert "PRIVATE KEY" not in text, f"{resource.name}: a private key (login or node host key) in a plain input"
 
 

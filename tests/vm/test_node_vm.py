@@ -200,8 +200,8 @@ def test_init_step_runs_kubeadm_once_and_keeps_its_config(ssh: Ssh, rendered: Re
     assert kubeadm_calls(ssh) == ["init --config /var/lib/kube-on-air/kubeadm-config.yaml --skip-token-print"]
     assert ssh.out(f"sudo cat {STAND_IN_STATE}/init-config.yaml") == config, "kubeadm read what stdin carried"
     assert ssh.out("sudo stat -c %a /var/lib/kube-on-air").strip() == "700"
-    fetched = ssh.out(program_text(rendered, "scripts/kube-on-air-control-plane-kubeconfig.sh"))
-    assert fetched == "stand-in admin kubeconfig\n"
+    # The provider-credentials step needs a live API server; tests/test_provider_access.py runs it
+    # against a stand-in kubectl.
 
 
 @pytest.mark.usefixtures("stand_in_kubeadm")
