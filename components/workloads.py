@@ -39,7 +39,9 @@ from components.config import ClusterConfig
 NAMESPACE = "kube-on-air"
 KUARD_IMAGE = "gcr.io/kuar-demo/kuard-amd64:1"
 DNSTOOLS_IMAGE = "docker.io/infoblox/dnstools:latest"
-AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.53"
+# The agnhost of the pinned Kubernetes tree (test/images/agnhost/VERSION at 1.34.2), so an offline
+# node's image (make toolchain) and a registry pull run the same program.
+AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.56"
 ECHO_PORT = 8080
 # pulumi-kubernetes annotation: apply the object and do not wait for it to become ready (nor, for a
 # Deployment, for its deletion). Without it a Deployment is awaited until Available, 10 min by default.

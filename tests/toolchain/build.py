@@ -497,7 +497,7 @@ def link_bin(home: Path) -> None:
     bin_dir.mkdir(exist_ok=True)
     for exe in sorted((home / "pieces").glob("*/*")):
         link = bin_dir / exe.name
-        if exe.is_file() and not link.exists():
+        if exe.is_file() and os.access(exe, os.X_OK) and not link.exists():
             link.symlink_to(exe)
     current = home.parent / "current"
     tmp = home.parent / ".current.tmp"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from components.render import sandbox_image
+from components.workloads import AGNHOST_IMAGE
 from tests.render import render_stack
 from tests.toolchain import build
 
@@ -155,3 +156,9 @@ def test_containerd_sandboxes_pods_with_the_pause_kubeadm_names(kubeadm: Path) -
     """kubeadm warns, and an offline node pulls, when containerd's sandbox image is another pause."""
     listed = build.images_kubeadm_expects(kubeadm)
     assert sandbox_image(build.kubernetes_version()) == f"registry.k8s.io/pause:{listed['pause']}"
+
+
+def test_the_connectivity_check_runs_the_agnhost_the_toolchain_built(toolchain: Path) -> None:
+    assert piece(toolchain, "agnhost").exists()
+    built = (toolchain / "pieces" / "agnhost" / "VERSION").read_text().strip()
+    assert AGNHOST_IMAGE == f"registry.k8s.io/e2e-test-images/agnhost:{built}"
