@@ -36,6 +36,7 @@ class ControlPlane(pulumi.ComponentResource):
             connection=conn,
             create=render.kubeadm_init_script(),
             stdin=render.kubeadm_config(config),
+            add_previous_output_in_env=False,
             triggers=[args.node_ready.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[args.node_ready]),
         )

@@ -156,6 +156,15 @@ def test_secrets_stay_secret(air: Evaluation, ssh_key: Path) -> None:
         assert "PRIVATE KEY" not in line and "client-key-data" not in line
 
 
+def test_no_remote_command_sends_previous_output_as_environment(air: Evaluation) -> None:
+    # pulumi-command's default (true) makes every update Setenv PULUMI_COMMAND_STDOUT/STDERR, which
+    # sshd refuses unless AcceptEnv allows it: a warning per command per update.
+    commands = {command.name: command.plain("addPreviousOutputInEnv") for command in air.of_type(REMOTE)}
+    assert {"head10-ready", "work11-ready", "kube-on-air-control-plane-init"} <= set(commands)
+    left_on = sorted(name for name, value in commands.items() if value is not False)
+    assert not left_on, f"add_previous_output_in_env=False missing on {left_on}"
+
+
 def test_no_secret_leaks_into_plain_inputs(air: Evaluation, ssh_key: Path) -> None:
     private_key = ssh_key.read_text().strip().splitlines()[1]
 
