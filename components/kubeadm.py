@@ -9,6 +9,7 @@ from pulumi_command import local, remote
 
 from components import render, ssh
 from components.config import ClusterConfig, NodeSpec
+from components.node import Node
 
 # Commands whose output carries secrets: never logged, outputs stored encrypted.
 _SECRET_OUTPUTS = ["stdout", "stderr"]
@@ -76,7 +77,7 @@ def join_config_from_credentials(config: ClusterConfig, node: NodeSpec, credenti
 class WorkerJoinArgs:
     config: ClusterConfig
     spec: NodeSpec
-    node_ready: remote.Command
+    node: Node
     control_plane: ControlPlane
     access: ssh.Access
 
@@ -96,7 +97,9 @@ class WorkerJoin(pulumi.ComponentResource):
             create=render.kubeadm_join_script(spec),
             stdin=join_config,  # secret: derived from the secret join credentials
             add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.node_ready, args.control_plane.credentials]),
+            # A rebuilt VM (new domain) is a fresh machine that must join again.
+            triggers=[args.node.domain.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.node.ready, args.control_plane.credentials]),
         )
         # Runs on the Pulumi host at delete time only. Deleted before `join` and before the VM, because
         # it depends on both, so a worker leaves the cluster cleanly before its domain goes.

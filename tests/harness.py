@@ -125,16 +125,23 @@ def unwrap(value: Any) -> Any:
 
 
 def evaluate(
-    stack: str, config: dict[str, str], preview: bool = False, timeout: float = 120, preflight: bool = False
+    stack: str,
+    config: dict[str, str],
+    preview: bool = False,
+    timeout: float = 120,
+    preflight: bool = False,
+    ids: dict[str, str] | None = None,
 ) -> Evaluation:
     """Run __main__.py for `stack` with `config` (keys with namespace, values as strings).
 
+    Every resource gets the id "<name>-id" unless `ids` (resource name -> id) says otherwise: a
+    different id stands for a resource the provider replaced (e.g. a rebuilt VM).
     The host preflight is off unless asked for: it inspects this machine, not the stack's host.
     Node host keys are kept beside the test's SSH key unless the config names a directory, so tests
     never write under $HOME and two evaluations with the same key share their host keys.
     """
     config = with_test_host_key_dir(stack, config)
-    request = json.dumps({"stack": stack, "config": config, "preview": preview})
+    request = json.dumps({"stack": stack, "config": config, "preview": preview, "ids": ids or {}})
     started = time.perf_counter()
     child = subprocess.run(
         [sys.executable, "-m", "tests.harness"],
@@ -200,10 +207,11 @@ def _run_child(request: dict[str, Any]) -> dict[str, Any]:
 
     records: list[dict[str, Any]] = []
     outputs: dict[str, Any] = {}
+    ids: dict[str, str] = request["ids"]
 
     class Mocks(pulumi.runtime.Mocks):
         def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
-            return f"{args.name}-id", _fake_state(args.typ, args.name, args.inputs)
+            return ids.get(args.name, f"{args.name}-id"), _fake_state(args.typ, args.name, args.inputs)
 
         def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
             raise NotImplementedError(f"the program made an unexpected invoke: {args.token}")

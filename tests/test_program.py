@@ -214,6 +214,17 @@ def test_scaling_adds_and_removes_workers_without_touching_the_rest(ssh_key: Pat
     ).plain("triggers")
 
 
+def test_a_rebuilt_worker_joins_again(ssh_key: Path, air: Evaluation) -> None:
+    # The provider gives a replaced domain (lost disk, changed size...) a new id; pulumi-command
+    # replaces a Command whose triggers change (replaceOnChanges), so the new VM runs the join again.
+    rebuilt = evaluate("air", air_config(ssh_key), ids={"work12-vm": "work12-vm-rebuilt"})
+    join = rebuilt.named("work12-kubeadm-join")
+    assert "work12-vm-rebuilt" in join.plain("triggers")
+    assert join.plain("triggers") != air.named("work12-kubeadm-join").plain("triggers")
+    for other in ("work11", "work13"):
+        assert rebuilt.named(f"{other}-kubeadm-join").inputs == air.named(f"{other}-kubeadm-join").inputs
+
+
 def host_names(evaluation: Evaluation) -> dict[str, set[str]]:
     networks = evaluation.of_type("libvirt:index/network:Network")
     pools = evaluation.of_type("libvirt:index/pool:Pool")
