@@ -28,6 +28,16 @@ SYSCTLS = {
 SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
 JOIN_TOKEN_TTL = "24h"
 DRAIN_TIMEOUT = "120s"
+# Written by cloud-init, run by its runcmd at first boot and again by the wait-ready step if needed.
+INSTALLER_PATH = "/usr/local/sbin/koa-install-kubernetes"
+# apt at first boot: wait for dpkg's lock (unattended-upgrades), retry downloads, retry whole commands.
+APT_LOCK_WAIT_SECONDS = 600
+APT_DOWNLOAD_RETRIES = 5
+APT_ATTEMPTS = 5
+APT_RETRY_PAUSE_SECONDS = 15
+# The wait-ready step's re-runs of an install that cloud-init did not finish.
+INSTALL_ATTEMPTS = 3
+INSTALL_RETRY_PAUSE_SECONDS = 30
 
 
 @lru_cache(maxsize=1)
@@ -52,6 +62,10 @@ def install_script(config: ClusterConfig) -> str:
         "scripts/install-kubernetes.sh.j2",
         kubernetes_version=config.kubernetes_version,
         kubernetes_minor=config.kubernetes_minor,
+        apt_lock_wait_seconds=APT_LOCK_WAIT_SECONDS,
+        apt_download_retries=APT_DOWNLOAD_RETRIES,
+        apt_attempts=APT_ATTEMPTS,
+        apt_retry_pause_seconds=APT_RETRY_PAUSE_SECONDS,
     )
 
 
@@ -70,6 +84,7 @@ def user_data(config: ClusterConfig, node: NodeSpec, host_key: HostKey) -> str:
         sysctls=SYSCTLS,
         containerd_config=render("cloud-init/containerd-config.toml.j2", sandbox_image=SANDBOX_IMAGE).rstrip("\n"),
         prebaked=config.prebaked,
+        installer_path=INSTALLER_PATH,
         install_script="" if config.prebaked else install_script(config).rstrip("\n"),
     )
 
@@ -89,8 +104,17 @@ def network_config(config: ClusterConfig, node: NodeSpec) -> str:
     )
 
 
-def wait_ready_script(node: NodeSpec) -> str:
-    return render("scripts/wait-ready.sh.j2", hostname=node.name, kernel_modules=KERNEL_MODULES, sysctls=SYSCTLS)
+def wait_ready_script(config: ClusterConfig, node: NodeSpec) -> str:
+    return render(
+        "scripts/wait-ready.sh.j2",
+        hostname=node.name,
+        kernel_modules=KERNEL_MODULES,
+        sysctls=SYSCTLS,
+        # A pre-baked image has no installer: nothing to re-run.
+        installer="" if config.prebaked else INSTALLER_PATH,
+        install_attempts=INSTALL_ATTEMPTS,
+        install_retry_pause_seconds=INSTALL_RETRY_PAUSE_SECONDS,
+    )
 
 
 def kubeadm_config(config: ClusterConfig) -> str:
