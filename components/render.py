@@ -26,7 +26,11 @@ SYSCTLS = {
 }
 # kubeadm 1.31+ expects this pause image; containerd's own default is older.
 SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
-JOIN_TOKEN_TTL = "24h"
+# Minted right before each join: long enough for kubeadm join and the kubelet's TLS bootstrap.
+JOIN_TOKEN_TTL = "30m"
+# Stand in for the join credentials in the rendered JoinConfiguration until the join mints them.
+TOKEN_PLACEHOLDER = "KOA_BOOTSTRAP_TOKEN"
+CA_CERT_HASH_PLACEHOLDER = "KOA_CA_CERT_HASH"
 DRAIN_TIMEOUT = "120s"
 # Written by cloud-init, run by its runcmd at first boot and again by the wait-ready step if needed.
 INSTALLER_PATH = "/usr/local/sbin/koa-install-kubernetes"
@@ -147,31 +151,47 @@ def kubeadm_init_script() -> str:
     return render("scripts/kubeadm-init.sh.j2")
 
 
-def join_credentials_script() -> str:
-    return render("scripts/join-credentials.sh.j2", token_ttl=JOIN_TOKEN_TTL)
+def join_credentials_script(node: NodeSpec) -> str:
+    return render("scripts/join-credentials.sh.j2", token_ttl=JOIN_TOKEN_TTL, hostname=node.name)
 
 
 def kubeadm_join_script(node: NodeSpec) -> str:
     return render("scripts/kubeadm-join.sh.j2", hostname=node.name)
 
 
+def join_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
+    return render(
+        "scripts/join-worker.sh.j2",
+        **_pinned_ssh(config, node, host_keys),
+        token_ttl=JOIN_TOKEN_TTL,
+        mint_script=join_credentials_script(node).rstrip("\n"),
+        join_script=kubeadm_join_script(node).rstrip("\n"),
+        join_config=join_config(config, node, TOKEN_PLACEHOLDER, CA_CERT_HASH_PLACEHOLDER).rstrip("\n"),
+        token_placeholder=TOKEN_PLACEHOLDER,
+        ca_cert_hash_placeholder=CA_CERT_HASH_PLACEHOLDER,
+    )
+
+
 def fetch_kubeconfig_script() -> str:
     return render("scripts/fetch-kubeconfig.sh.j2")
 
 
-def remove_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
-    # The two hosts it talks to, pinned: the script runs at delete time, long after this evaluation.
+def _pinned_ssh(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> dict[str, str]:
+    """What a script on the Pulumi host needs to reach a worker and the control plane over SSH."""
+    # The two hosts it talks to, pinned in the script itself: it may run long after this evaluation.
     pinned = {config.control_plane.name: host_keys[config.control_plane.name], node.name: host_keys[node.name]}
-    return render(
-        "scripts/remove-worker.sh.j2",
-        hostname=node.name,
-        ip=node.ip,
-        control_plane_ip=config.control_plane.ip,
-        ssh_user=config.ssh_user,
-        ssh_key_path=config.ssh_key_path,
-        known_hosts=hostkeys.known_hosts(config, pinned).rstrip("\n"),
-        drain_timeout=DRAIN_TIMEOUT,
-    )
+    return {
+        "hostname": node.name,
+        "ip": node.ip,
+        "control_plane_ip": config.control_plane.ip,
+        "ssh_user": config.ssh_user,
+        "ssh_key_path": config.ssh_key_path,
+        "known_hosts": hostkeys.known_hosts(config, pinned).rstrip("\n"),
+    }
+
+
+def remove_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
+    return render("scripts/remove-worker.sh.j2", **_pinned_ssh(config, node, host_keys), drain_timeout=DRAIN_TIMEOUT)
 
 
 def hosts_snippet(config: ClusterConfig) -> str:

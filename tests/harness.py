@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "kube-on-air"
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 SECRET_KEY = "4dabf18193072939515e22adb298388d"
+# Join credentials in the shape kubeadm prints them (they only exist while a join runs).
 FAKE_CA_HASH = "sha256:" + "ab" * 32
 FAKE_TOKEN = "abcdef.0123456789abcdef"
 FAKE_KUBECONFIG = """apiVersion: v1
@@ -187,9 +188,7 @@ def stack_config(stack: str) -> dict[str, str]:
 
 def _fake_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     state = dict(inputs)
-    if type_ == "command:remote:Command" and name.endswith("-join-credentials"):
-        state["stdout"] = f"{FAKE_TOKEN}\n{FAKE_CA_HASH}\n"
-    elif type_ == "command:remote:Command" and name.endswith("-kubeconfig"):
+    if type_ == "command:remote:Command" and name.endswith("-kubeconfig"):
         state["stdout"] = FAKE_KUBECONFIG
     elif type_ == "command:local:Command" and inputs.get("create") == "date +%s.%N":
         # Phase clock readings: the start marker, then every phase 42.5 s later.
