@@ -11,7 +11,7 @@ from components import render, ssh
 from components.config import ClusterConfig, NodeSpec
 from components.node import Node
 
-# Commands whose output carries secrets: never logged, outputs stored encrypted.
+# Commands that print or handle secrets: never logged, outputs stored encrypted.
 _SECRET_OUTPUTS = ["stdout", "stderr"]
 
 
