@@ -67,7 +67,7 @@ class Cluster(pulumi.ComponentResource):
                 WorkerJoinArgs(
                     config=config,
                     spec=spec,
-                    node_ready=self.nodes[spec.name].ready,
+                    node=self.nodes[spec.name],
                     control_plane=self.control_plane,
                     access=access,
                 ),

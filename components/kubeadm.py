@@ -1,4 +1,4 @@
-"""kubeadm over SSH: initialise the control plane, hand out join credentials, join each worker."""
+"""kubeadm over SSH: initialise the control plane, fetch the admin kubeconfig, join each worker."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pulumi_command import local, remote
 
 from components import access, render, ssh
 from components.config import ClusterConfig, NodeSpec
+from components.node import Node
 
-# Commands whose output carries secrets: never logged, outputs stored encrypted.
+# Commands that print or handle secrets: never logged, outputs stored encrypted.
 _SECRET_OUTPUTS = ["stdout", "stderr"]
 
 
@@ -22,9 +23,8 @@ class ControlPlaneArgs:
 
 
 class ControlPlane(pulumi.ComponentResource):
-    """`kubeadm init` once, then join credentials and the admin kubeconfig as secrets."""
+    """`kubeadm init` once, then the admin kubeconfig as a secret."""
 
-    join_credentials: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
 
     def __init__(self, name: str, args: ControlPlaneArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -36,23 +36,16 @@ class ControlPlane(pulumi.ComponentResource):
             connection=conn,
             create=render.kubeadm_init_script(),
             stdin=render.kubeadm_config(config),
+            add_previous_output_in_env=False,
             triggers=[args.node_ready.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[args.node_ready]),
         )
-        # A new worker set gets a fresh token, so scaling up weeks later still joins.
-        worker_set = [worker.name for worker in config.workers]
-        self.credentials = self._secret_command(
-            f"{name}-join-credentials", conn, render.join_credentials_script(), worker_set
-        )
-        self.fetch_kubeconfig = self._secret_command(f"{name}-kubeconfig", conn, render.fetch_kubeconfig_script(), [])
-        self.join_credentials = pulumi.Output.secret(self.credentials.stdout)
+        self.fetch_kubeconfig = self._secret_command(f"{name}-kubeconfig", conn, render.fetch_kubeconfig_script())
         # Not admin.conf itself: its client certificate expires after a year (see components/access.py).
         self.kubeconfig = pulumi.Output.secret(self.fetch_kubeconfig.stdout.apply(access.provider_kubeconfig))
         self.register_outputs({"kubeconfig": self.kubeconfig})
 
-    def _secret_command(
-        self, name: str, conn: remote.ConnectionArgs, script: str, triggers: list[str]
-    ) -> remote.Command:
+    def _secret_command(self, name: str, conn: remote.ConnectionArgs, script: str) -> remote.Command:
         """A command on the control plane that prints secrets: run after init, never logged."""
         return remote.Command(
             name,
@@ -60,23 +53,16 @@ class ControlPlane(pulumi.ComponentResource):
             create=script,
             logging=remote.Logging.NONE,
             add_previous_output_in_env=False,
-            triggers=[self.init.id, *triggers],
+            triggers=[self.init.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.init], additional_secret_outputs=_SECRET_OUTPUTS),
         )
-
-
-def join_config_from_credentials(config: ClusterConfig, node: NodeSpec, credentials: str) -> str:
-    lines = credentials.split()
-    if len(lines) != 2 or not lines[1].startswith("sha256:"):
-        raise ValueError("join credentials from the control plane are malformed (expected token and sha256 hash)")
-    return render.join_config(config, node, token=lines[0], ca_cert_hash=lines[1])
 
 
 @dataclass(frozen=True)
 class WorkerJoinArgs:
     config: ClusterConfig
     spec: NodeSpec
-    node_ready: remote.Command
+    node: Node
     control_plane: ControlPlane
     access: ssh.Access
 
@@ -87,16 +73,22 @@ class WorkerJoin(pulumi.ComponentResource):
     def __init__(self, name: str, args: WorkerJoinArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:kubeadm:WorkerJoin", name, None, opts)
         config, spec = args.config, args.spec
-        join_config: pulumi.Output[str] = args.control_plane.join_credentials.apply(
-            lambda creds: join_config_from_credentials(config, spec, creds)
-        )
-        self.join = remote.Command(
+        # Runs on the Pulumi host: mints a short-lived token on the control plane and hands it to the
+        # worker's `kubeadm join` on stdin, each time it runs, so a retried or late join never holds a
+        # dead token (pulumi-command has no Read: a token minted earlier would never be refreshed).
+        self.join = local.Command(
             f"{name}-join",
-            connection=args.access.connection(spec),
-            create=render.kubeadm_join_script(spec),
-            stdin=join_config,  # secret: derived from the secret join credentials
+            create=render.join_worker_script(config, spec, args.access.host_keys),
+            interpreter=["/bin/bash", "-c"],
+            logging=local.Logging.NONE,
             add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.node_ready, args.control_plane.credentials]),
+            # A rebuilt VM (new domain) is a fresh machine that must join again.
+            triggers=[args.node.domain.id],
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[args.node.ready, args.control_plane.init],
+                additional_secret_outputs=_SECRET_OUTPUTS,
+            ),
         )
         # Runs on the Pulumi host at delete time only. Deleted before `join` and before the VM, because
         # it depends on both, so a worker leaves the cluster cleanly before its domain goes.

@@ -83,7 +83,9 @@ class Node(pulumi.ComponentResource):
         self.ready = remote.Command(
             f"{name}-ready",
             connection=args.access.connection(spec),
-            create=render.wait_ready_script(spec),
+            create=render.wait_ready_script(config, spec),
+            # sshd refuses the previous output as environment (AcceptEnv) and warns on every update.
+            add_previous_output_in_env=False,
             # A replaced VM is a new machine: wait for it again.
             triggers=[self.domain.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.domain]),

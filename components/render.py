@@ -35,8 +35,22 @@ def sandbox_image(kubernetes_version: str) -> str:
     return f"registry.k8s.io/pause:{PAUSE_TAG_BY_MINOR[minor]}"
 
 
-JOIN_TOKEN_TTL = "24h"
+# Minted right before each join: long enough for kubeadm join and the kubelet's TLS bootstrap.
+JOIN_TOKEN_TTL = "30m"
+# Stand in for the join credentials in the rendered JoinConfiguration until the join mints them.
+TOKEN_PLACEHOLDER = "KOA_BOOTSTRAP_TOKEN"
+CA_CERT_HASH_PLACEHOLDER = "KOA_CA_CERT_HASH"
 DRAIN_TIMEOUT = "120s"
+# Written by cloud-init, run by its runcmd at first boot and again by the wait-ready step if needed.
+INSTALLER_PATH = "/usr/local/sbin/koa-install-kubernetes"
+# apt at first boot: wait for dpkg's lock (unattended-upgrades), retry downloads, retry whole commands.
+APT_LOCK_WAIT_SECONDS = 600
+APT_DOWNLOAD_RETRIES = 5
+APT_ATTEMPTS = 5
+APT_RETRY_PAUSE_SECONDS = 15
+# The wait-ready step's re-runs of an install that cloud-init did not finish.
+INSTALL_ATTEMPTS = 3
+INSTALL_RETRY_PAUSE_SECONDS = 30
 TOKEN_WAIT_SECONDS = 60
 
 
@@ -62,6 +76,10 @@ def install_script(config: ClusterConfig) -> str:
         "scripts/install-kubernetes.sh.j2",
         kubernetes_version=config.kubernetes_version,
         kubernetes_minor=config.kubernetes_minor,
+        apt_lock_wait_seconds=APT_LOCK_WAIT_SECONDS,
+        apt_download_retries=APT_DOWNLOAD_RETRIES,
+        apt_attempts=APT_ATTEMPTS,
+        apt_retry_pause_seconds=APT_RETRY_PAUSE_SECONDS,
     )
 
 
@@ -82,6 +100,7 @@ def user_data(config: ClusterConfig, node: NodeSpec, host_key: HostKey) -> str:
             "cloud-init/containerd-config.toml.j2", sandbox_image=sandbox_image(config.kubernetes_version)
         ).rstrip("\n"),
         prebaked=config.prebaked,
+        installer_path=INSTALLER_PATH,
         install_script="" if config.prebaked else install_script(config).rstrip("\n"),
     )
 
@@ -101,8 +120,17 @@ def network_config(config: ClusterConfig, node: NodeSpec) -> str:
     )
 
 
-def wait_ready_script(node: NodeSpec) -> str:
-    return render("scripts/wait-ready.sh.j2", hostname=node.name, kernel_modules=KERNEL_MODULES, sysctls=SYSCTLS)
+def wait_ready_script(config: ClusterConfig, node: NodeSpec) -> str:
+    return render(
+        "scripts/wait-ready.sh.j2",
+        hostname=node.name,
+        kernel_modules=KERNEL_MODULES,
+        sysctls=SYSCTLS,
+        # A pre-baked image has no installer: nothing to re-run.
+        installer="" if config.prebaked else INSTALLER_PATH,
+        install_attempts=INSTALL_ATTEMPTS,
+        install_retry_pause_seconds=INSTALL_RETRY_PAUSE_SECONDS,
+    )
 
 
 def kubeadm_config(config: ClusterConfig) -> str:
@@ -135,12 +163,25 @@ def kubeadm_init_script() -> str:
     return render("scripts/kubeadm-init.sh.j2")
 
 
-def join_credentials_script() -> str:
-    return render("scripts/join-credentials.sh.j2", token_ttl=JOIN_TOKEN_TTL)
+def join_credentials_script(node: NodeSpec) -> str:
+    return render("scripts/join-credentials.sh.j2", token_ttl=JOIN_TOKEN_TTL, hostname=node.name)
 
 
 def kubeadm_join_script(node: NodeSpec) -> str:
     return render("scripts/kubeadm-join.sh.j2", hostname=node.name)
+
+
+def join_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
+    return render(
+        "scripts/join-worker.sh.j2",
+        **_pinned_ssh(config, node, host_keys),
+        token_ttl=JOIN_TOKEN_TTL,
+        mint_script=join_credentials_script(node).rstrip("\n"),
+        join_script=kubeadm_join_script(node).rstrip("\n"),
+        join_config=join_config(config, node, TOKEN_PLACEHOLDER, CA_CERT_HASH_PLACEHOLDER).rstrip("\n"),
+        token_placeholder=TOKEN_PLACEHOLDER,
+        ca_cert_hash_placeholder=CA_CERT_HASH_PLACEHOLDER,
+    )
 
 
 def fetch_kubeconfig_script() -> str:
@@ -154,19 +195,22 @@ def fetch_kubeconfig_script() -> str:
     )
 
 
-def remove_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
-    # The two hosts it talks to, pinned: the script runs at delete time, long after this evaluation.
+def _pinned_ssh(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> dict[str, str]:
+    """What a script on the Pulumi host needs to reach a worker and the control plane over SSH."""
+    # The two hosts it talks to, pinned in the script itself: it may run long after this evaluation.
     pinned = {config.control_plane.name: host_keys[config.control_plane.name], node.name: host_keys[node.name]}
-    return render(
-        "scripts/remove-worker.sh.j2",
-        hostname=node.name,
-        ip=node.ip,
-        control_plane_ip=config.control_plane.ip,
-        ssh_user=config.ssh_user,
-        ssh_key_path=config.ssh_key_path,
-        known_hosts=hostkeys.known_hosts(config, pinned).rstrip("\n"),
-        drain_timeout=DRAIN_TIMEOUT,
-    )
+    return {
+        "hostname": node.name,
+        "ip": node.ip,
+        "control_plane_ip": config.control_plane.ip,
+        "ssh_user": config.ssh_user,
+        "ssh_key_path": config.ssh_key_path,
+        "known_hosts": hostkeys.known_hosts(config, pinned).rstrip("\n"),
+    }
+
+
+def remove_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
+    return render("scripts/remove-worker.sh.j2", **_pinned_ssh(config, node, host_keys), drain_timeout=DRAIN_TIMEOUT)
 
 
 def hosts_snippet(config: ClusterConfig) -> str:

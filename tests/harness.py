@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "kube-on-air"
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 SECRET_KEY = "4dabf18193072939515e22adb298388d"
+# Join credentials in the shape kubeadm prints them (they only exist while a join runs).
 FAKE_CA_HASH = "sha256:" + "ab" * 32
 FAKE_TOKEN = "abcdef.0123456789abcdef"
 FAKE_CA_DATA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nZm9v\n-----END CERTIFICATE-----\n").decode()
@@ -119,16 +120,23 @@ def unwrap(value: Any) -> Any:
 
 
 def evaluate(
-    stack: str, config: dict[str, str], preview: bool = False, timeout: float = 120, preflight: bool = False
+    stack: str,
+    config: dict[str, str],
+    preview: bool = False,
+    timeout: float = 120,
+    preflight: bool = False,
+    ids: dict[str, str] | None = None,
 ) -> Evaluation:
     """Run __main__.py for `stack` with `config` (keys with namespace, values as strings).
 
+    Every resource gets the id "<name>-id" unless `ids` (resource name -> id) says otherwise: a
+    different id stands for a resource the provider replaced (e.g. a rebuilt VM).
     The host preflight is off unless asked for: it inspects this machine, not the stack's host.
     Node host keys are kept beside the test's SSH key unless the config names a directory, so tests
     never write under $HOME and two evaluations with the same key share their host keys.
     """
     config = with_test_host_key_dir(stack, config)
-    request = json.dumps({"stack": stack, "config": config, "preview": preview})
+    request = json.dumps({"stack": stack, "config": config, "preview": preview, "ids": ids or {}})
     started = time.perf_counter()
     child = subprocess.run(
         [sys.executable, "-m", "tests.harness"],
@@ -174,9 +182,7 @@ def stack_config(stack: str) -> dict[str, str]:
 
 def _fake_state(type_: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     state = dict(inputs)
-    if type_ == "command:remote:Command" and name.endswith("-join-credentials"):
-        state["stdout"] = f"{FAKE_TOKEN}\n{FAKE_CA_HASH}\n"
-    elif type_ == "command:remote:Command" and name.endswith("-kubeconfig"):
+    if type_ == "command:remote:Command" and name.endswith("-kubeconfig"):
         state["stdout"] = FAKE_PROVIDER_ACCESS
     elif type_ == "command:local:Command" and inputs.get("create") == "date +%s.%N":
         # Phase clock readings: the start marker, then every phase 42.5 s later.
@@ -194,10 +200,11 @@ def _run_child(request: dict[str, Any]) -> dict[str, Any]:
 
     records: list[dict[str, Any]] = []
     outputs: dict[str, Any] = {}
+    ids: dict[str, str] = request["ids"]
 
     class Mocks(pulumi.runtime.Mocks):
         def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
-            return f"{args.name}-id", _fake_state(args.typ, args.name, args.inputs)
+            return ids.get(args.name, f"{args.name}-id"), _fake_state(args.typ, args.name, args.inputs)
 
         def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
             raise NotImplementedError(f"the program made an unexpected invoke: {args.token}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from tests.harness import ROOT, Evaluation, Resource, evaluate, stack_config, unwrap
+from components.render import CA_CERT_HASH_PLACEHOLDER, TOKEN_PLACEHOLDER
+from tests.harness import FAKE_CA_HASH, FAKE_TOKEN, ROOT, Evaluation, Resource, evaluate, stack_config, unwrap
 
 NAMESPACE = "kube-on-air"
 K8S_PREFIX = "kubernetes:"
@@ -111,6 +113,27 @@ def _script_name(resource: Resource, phase: str) -> str:
     return f"{resource.name}.sh" if phase == "create" else f"{resource.name}-{phase}.sh"
 
 
+# A script on the Pulumi host carries what it sends to the nodes as quoted here-documents.
+HEREDOC = re.compile(r"<<'(?P<marker>[A-Z_]+)'\n(?P<body>.*?)\n(?P=marker)\n", re.DOTALL)
+EMBEDDED_SCRIPTS = {"ON_WORKER": "on-worker", "ON_CONTROL_PLANE": "on-control-plane"}
+
+
+def heredocs(script: str) -> dict[str, str]:
+    return {match["marker"]: match["body"] + "\n" for match in HEREDOC.finditer(script)}
+
+
+def _write_embedded(command: Resource, out: Path) -> None:
+    """The scripts a join sends to each node, and its JoinConfiguration with stand-in credentials."""
+    embedded = heredocs(str(command.plain("create") or ""))
+    for marker, suffix in EMBEDDED_SCRIPTS.items():
+        if marker in embedded:
+            _write(out / "scripts" / f"{command.name}-{suffix}.sh", embedded[marker])
+    if "JOIN_CONFIG" in embedded:
+        # The real credentials only exist while the join runs: fill in the harness's fake ones.
+        config = embedded["JOIN_CONFIG"].replace(TOKEN_PLACEHOLDER, FAKE_TOKEN)
+        _write(out / "kubeadm" / f"{command.name}-config.yaml", config.replace(CA_CERT_HASH_PLACEHOLDER, FAKE_CA_HASH))
+
+
 def write_artifacts(evaluation: Evaluation, out: Path) -> None:
     for seed in evaluation.of_type("libvirt:index/cloudInitDisk:CloudInitDisk"):
         node = seed.name.removesuffix("-seed")
@@ -130,9 +153,7 @@ def write_artifacts(evaluation: Evaluation, out: Path) -> None:
         stdin = command.plain("stdin")
         if stdin and command.name.endswith("-init"):
             _write(out / "kubeadm" / "kubeadm-config.yaml", stdin)
-        elif stdin and command.name.endswith("-join"):
-            # Rendered with the mock's placeholder token: the real one only exists at `pulumi up`.
-            _write(out / "kubeadm" / f"{command.name}-config.yaml", stdin)
+        _write_embedded(command, out)
     for index, resource in enumerate(kubernetes_objects(evaluation)):
         if resource.type.startswith("pulumi:providers"):
             continue

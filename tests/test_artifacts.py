@@ -133,9 +133,10 @@ def test_cni_choice_shows_in_the_manifests(rendered: dict[str, Rendered]) -> Non
 SCRIPT_TEMPLATES: dict[str, Callable[[int, int, bool], int]] = {
     "wait-ready.sh.j2": lambda n, w, p: n,
     "kubeadm-init.sh.j2": lambda n, w, p: 1,
-    "join-credentials.sh.j2": lambda n, w, p: 1,
+    "join-credentials.sh.j2": lambda n, w, p: w,
     "fetch-kubeconfig.sh.j2": lambda n, w, p: 1,
     "kubeadm-join.sh.j2": lambda n, w, p: w,
+    "join-worker.sh.j2": lambda n, w, p: w,
     "remove-worker.sh.j2": lambda n, w, p: w,
     "install-kubernetes.sh.j2": lambda n, w, p: 0 if p else n,
 }

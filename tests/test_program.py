@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import access
+from components import access, render
 from tests.conftest import air_config
 from tests.harness import (
-    FAKE_CA_HASH,
     FAKE_PROVIDER_ACCESS,
     FAKE_SA_TOKEN,
-    FAKE_TOKEN,
     Evaluation,
     Resource,
     evaluate,
@@ -43,7 +41,7 @@ def test_air_stack_registers_the_seed_cluster(air: Evaluation) -> None:
     assert {v.plain("size") for v in overlays} == {20 * 1024**3}
     assert len(air.of_type(SEED)) == 4
     assert [r.name for r in air.of_type(REMOTE) if r.name.endswith("-init")] == ["kube-on-air-control-plane-init"]
-    assert sorted(r.name for r in air.of_type(REMOTE) if r.name.endswith("-join")) == [
+    assert sorted(r.name for r in air.of_type(LOCAL) if r.name.endswith("-join")) == [
         f"work1{i}-kubeadm-join" for i in (1, 2, 3)
     ]
     (daemon_set,) = air.of_type("kubernetes:apps/v1:DaemonSet")
@@ -146,18 +144,41 @@ def test_secrets_stay_secret(air: Evaluation, ssh_key: Path) -> None:
     for command in air.of_type(REMOTE):
         assert command.is_secret("connection"), f"{command.name}: the private key must be secret"
         assert command.plain("connection")["privateKey"] == private_key
-    for name in ("kube-on-air-control-plane-join-credentials", "kube-on-air-control-plane-kubeconfig"):
+    for name in ("kube-on-air-control-plane-kubeconfig", "work11-kubeadm-join", "work13-kubeadm-join"):
         command = air.named(name)
         assert command.plain("logging") == "none"
         assert {"stdout", "stderr"} <= set(command.additional_secret_outputs)
         assert command.plain("addPreviousOutputInEnv") is False
+    for line in all_command_lines(air):
+        assert "PRIVATE KEY" not in line and "client-key-data" not in line
+
+
+BOOTSTRAP_TOKEN = re.compile(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b")
+
+
+def test_join_credentials_are_minted_when_each_join_runs(air: Evaluation) -> None:
+    # pulumi-command has no Read: credentials held in any resource's inputs or outputs would be
+    # whatever was minted when that resource last ran, however long ago. Only the join itself mints.
+    assert not [r.name for r in air.resources if "credentials" in r.name]
+    for resource in air.resources:
+        assert not BOOTSTRAP_TOKEN.search(json.dumps(unwrap(resource.inputs))), resource.name
     for worker in ("work11", "work12", "work13"):
         join = air.named(f"{worker}-kubeadm-join")
-        assert join.is_secret("stdin")
-        assert FAKE_TOKEN in join.plain("stdin")
+        assert join.type == LOCAL and join.plain("stdin") is None
+        script = join.plain("create")
+        assert f"kubeadm token create --ttl {render.JOIN_TOKEN_TTL}" in script
+        assert render.TOKEN_PLACEHOLDER in script and render.CA_CERT_HASH_PLACEHOLDER in script
     for line in all_command_lines(air):
-        assert FAKE_TOKEN not in line and FAKE_CA_HASH not in line
         assert "PRIVATE KEY" not in line and FAKE_SA_TOKEN not in line
+
+
+def test_no_remote_command_sends_previous_output_as_environment(air: Evaluation) -> None:
+    # pulumi-command's default (true) makes every update Setenv PULUMI_COMMAND_STDOUT/STDERR, which
+    # sshd refuses unless AcceptEnv allows it: a warning per command per update.
+    commands = {command.name: command.plain("addPreviousOutputInEnv") for command in air.of_type(REMOTE)}
+    assert {"head10-ready", "work11-ready", "kube-on-air-control-plane-init"} <= set(commands)
+    left_on = sorted(name for name, value in commands.items() if value is not False)
+    assert not left_on, f"add_previous_output_in_env=False missing on {left_on}"
 
 
 def test_no_secret_leaks_into_plain_inputs(air: Evaluation, ssh_key: Path) -> None:
@@ -174,7 +195,7 @@ def test_no_secret_leaks_into_plain_inputs(air: Evaluation, ssh_key: Path) -> No
 
     for resource in air.resources:
         text = plain_parts(resource.inputs)
-        assert FAKE_TOKEN not in text and private_key not in text and FAKE_SA_TOKEN not in text, resource.name
+        assert private_key not in text and "client-key-data" not in text and FAKE_SA_TOKEN not in text, resource.name
         assert "PRIVATE KEY" not in text, f"{resource.name}: a private key (login or node host key) in a plain input"
 
 
@@ -203,10 +224,19 @@ def test_scaling_adds_and_removes_workers_without_touching_the_rest(ssh_key: Pat
         for key, e in dnstools.items()
     }
     assert replicas == {"air4": 3, "air6": 5, "air2": 1}
-    # A new worker set gets fresh join credentials (tokens expire).
-    assert air.named("kube-on-air-control-plane-join-credentials").plain("triggers") != five.named(
-        "kube-on-air-control-plane-join-credentials"
-    ).plain("triggers")
+    for name in ("work11-kubeadm-join", "kube-on-air-control-plane-init"):
+        assert five.named(name).inputs == air.named(name).inputs == one.named(name).inputs
+
+
+def test_a_rebuilt_worker_joins_again(ssh_key: Path, air: Evaluation) -> None:
+    # The provider gives a replaced domain (lost disk, changed size...) a new id; pulumi-command
+    # replaces a Command whose triggers change (replaceOnChanges), so the new VM runs the join again.
+    rebuilt = evaluate("air", air_config(ssh_key), ids={"work12-vm": "work12-vm-rebuilt"})
+    join = rebuilt.named("work12-kubeadm-join")
+    assert "work12-vm-rebuilt" in join.plain("triggers")
+    assert join.plain("triggers") != air.named("work12-kubeadm-join").plain("triggers")
+    for other in ("work11", "work13"):
+        assert rebuilt.named(f"{other}-kubeadm-join").inputs == air.named(f"{other}-kubeadm-join").inputs
 
 
 def host_names(evaluation: Evaluation) -> dict[str, set[str]]:

@@ -150,7 +150,7 @@ def test_wait_ready_script_passes_twice(ssh: Ssh, rendered: Rendered) -> None:
 
 def test_join_script_refuses_clearly_without_kubeadm(ssh: Ssh, rendered: Rendered) -> None:
     """This image has no kubeadm (it cannot be downloaded here): the program's join step must say so, not crash."""
-    script = (rendered.directory / "scripts" / f"{NODE}-kubeadm-join.sh").read_text()
+    script = (rendered.directory / "scripts" / f"{NODE}-kubeadm-join-on-worker.sh").read_text()
     proc = ssh.run(script, timeout=120)
     assert proc.returncode == 1, f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
     assert f"kubeadm is not installed on {NODE}" in proc.stderr
@@ -208,7 +208,7 @@ def test_init_step_runs_kubeadm_once_and_keeps_its_config(ssh: Ssh, rendered: Re
 def test_join_step_takes_the_token_on_stdin_once_and_leaves_no_copy(ssh: Ssh, rendered: Rendered) -> None:
     config = program_text(rendered, f"kubeadm/{NODE}-kubeadm-join-config.yaml")
     token = yaml.safe_load(config)["discovery"]["bootstrapToken"]["token"]
-    first, second = run_twice(ssh, program_text(rendered, f"scripts/{NODE}-kubeadm-join.sh"), config)
+    first, second = run_twice(ssh, program_text(rendered, f"scripts/{NODE}-kubeadm-join-on-worker.sh"), config)
     assert f"{NODE} already joined" in second.stdout and "already joined" not in first.stdout
     calls = kubeadm_calls(ssh)
     assert calls == ["join --config /var/lib/kube-on-air/join-config.yaml"]
@@ -228,7 +228,7 @@ def test_join_credentials_are_a_token_and_the_ca_public_key_hash(ssh: Ssh, rende
     public_pem = ssh.out("openssl x509 -pubkey -noout -in /etc/kubernetes/pki/ca.crt")
     der = base64.b64decode("".join(line for line in public_pem.splitlines() if not line.startswith("-----")))
     expected = hashlib.sha256(der).hexdigest()
-    printed = ssh.out(program_text(rendered, "scripts/kube-on-air-control-plane-join-credentials.sh"))
+    printed = ssh.out(program_text(rendered, f"scripts/{NODE}-kubeadm-join-on-control-plane.sh"))
     assert printed.splitlines() == ["stndin.0123456789abcdef", f"sha256:{expected}"]
     assert kubeadm_calls(ssh)[0].startswith("token create --ttl ")
 

@@ -1,0 +1,157 @@
+"""Joining a worker: every run mints its own short-lived token on the control plane, just in time.
+
+The join script runs for real on this host, exactly as the program hands it to pulumi-command,
+with a stand-in `ssh` on PATH that plays both nodes: the control plane answers the mint script with
+a new token each time; the worker answers the "already joined?" probe from its state and keeps what
+the join script receives on stdin. Every ssh argv is recorded, to show the token is never in one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.harness import Evaluation
+
+CONTROL_PLANE = "kube@172.31.255.10"
+WORKER = "kube@172.31.255.13"
+CA_HASH = "sha256:" + "cd" * 32
+
+FAKE_SSH = r"""#!/bin/bash
+printf '%s\0' "$@" > "$STATE/argv-$(printf %03d "$(find "$STATE" -name 'argv-*' | wc -l)")"
+host=""
+for arg in "$@"; do case "$arg" in kube@*) host=$arg ;; esac; done
+command=${*: -1}
+case "$host:$command" in
+  "$CONTROL_PLANE:"*"kubeadm token create"*)
+    [ -z "${CONTROL_PLANE_SAYS:-}" ] || { echo "$CONTROL_PLANE_SAYS"; exit 0; }
+    count=$(( $(wc -l < "$STATE/minted" 2>/dev/null || echo 0) + 1 ))
+    token=$(printf 'mint%02d.%016d' "$count" "$count")
+    echo "$token" >> "$STATE/minted"
+    printf '%s\n%s\n' "$token" "$CA_HASH" ;;
+  "$WORKER:sudo test -f /etc/kubernetes/kubelet.conf")
+    [ -z "${WORKER_DOWN:-}" ] || exit 255
+    [ -e "$STATE/joined" ] ;;
+  "$WORKER:"*"kubeadm join --config"*)
+    cat > "$STATE/join-config-$(find "$STATE" -name 'join-config-*' | wc -l)"
+    [ -z "${JOIN_FAILS:-}" ] || { echo "[preflight] kubelet did not come up" >&2; exit 1; }
+    touch "$STATE/joined" ;;
+  *) echo "unexpected ssh: $host: ${command:0:80}" >&2; exit 99 ;;
+esac
+"""
+
+
+@dataclass
+class Run:
+    done: subprocess.CompletedProcess[str]
+    state: Path
+
+    def minted(self) -> list[str]:
+        path = self.state / "minted"
+        return path.read_text().split() if path.exists() else []
+
+    def join_configs(self) -> list[str]:
+        return [p.read_text() for p in sorted(self.state.glob("join-config-*"))]
+
+    def ssh_calls(self) -> list[list[str]]:
+        return [p.read_text().split("\0")[:-1] for p in sorted(self.state.glob("argv-*"))]
+
+
+JoinRunner = Callable[..., Run]
+
+
+@pytest.fixture
+def run_join(tmp_path: Path, air: Evaluation) -> JoinRunner:
+    script = air.named("work13-kubeadm-join").plain("create")
+    assert isinstance(script, str)
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir()
+    state.mkdir()
+    (bin_dir / "ssh").write_text(FAKE_SSH)
+    (bin_dir / "ssh").chmod(0o755)
+
+    def run(**env: str) -> Run:
+        environment = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "STATE": str(state),
+            "CONTROL_PLANE": CONTROL_PLANE,
+            "WORKER": WORKER,
+            "CA_HASH": CA_HASH,
+            **env,
+        }
+        # As pulumi-command's local.Command runs it: interpreter + the script as one argument.
+        done = subprocess.run(
+            ["/bin/bash", "-c", script], capture_output=True, text=True, env=environment, timeout=30, check=False
+        )
+        return Run(done, state)
+
+    return run
+
+
+def bootstrap_token(config: str) -> str:
+    document = yaml.safe_load(config)
+    assert document["discovery"]["bootstrapToken"]["caCertHashes"] == [CA_HASH]
+    token = document["discovery"]["bootstrapToken"]["token"]
+    assert isinstance(token, str)
+    return token
+
+
+def test_a_join_uses_the_token_minted_for_it_and_never_passes_it_in_argv(run_join: JoinRunner) -> None:
+    run = run_join()
+    assert run.done.returncode == 0, run.done.stderr
+    (config,) = run.join_configs()
+    assert run.minted() == [bootstrap_token(config)]
+    assert yaml.safe_load(config)["nodeRegistration"]["name"] == "work13"
+    calls = run.ssh_calls()
+    assert [call[-2] for call in calls] == [WORKER, CONTROL_PLANE, WORKER], "probe, mint, join"
+    assert all("StrictHostKeyChecking=yes" in call and "BatchMode=yes" in call for call in calls)
+    token = run.minted()[0]
+    assert not any(token in arg for call in calls for arg in call)
+    assert token not in run.done.stdout + run.done.stderr
+
+
+def test_a_join_retried_later_mints_a_new_token(run_join: JoinRunner) -> None:
+    # A first attempt that fails (its token expires unused); the next `pulumi up`, a day later, retries.
+    first = run_join(JOIN_FAILS="1")
+    assert first.done.returncode != 0
+    again = run_join()
+    assert again.done.returncode == 0, again.done.stderr
+    failed_config, config = again.join_configs()
+    assert again.minted() == [bootstrap_token(failed_config), bootstrap_token(config)]
+    assert bootstrap_token(config) != bootstrap_token(failed_config)
+
+
+def test_a_joined_worker_is_left_alone_and_no_token_is_minted(run_join: JoinRunner) -> None:
+    assert run_join().done.returncode == 0
+    again = run_join()
+    assert again.done.returncode == 0 and again.done.stdout == "work13 already joined\n"
+    assert len(again.minted()) == 1 and len(again.join_configs()) == 1
+
+
+def test_an_unreachable_worker_fails_before_a_token_is_minted(run_join: JoinRunner) -> None:
+    run = run_join(WORKER_DOWN="1")
+    assert run.done.returncode == 1
+    assert "worker 172.31.255.13 unreachable (ssh exit 255): work13 not joined" in run.done.stderr
+    assert run.minted() == [] and run.join_configs() == []
+
+
+@pytest.mark.parametrize("answer", ["Error: unknown flag: --ttl", "abcdef.0123456789abcdef"])
+def test_malformed_credentials_stop_the_join_without_echoing_them(run_join: JoinRunner, answer: str) -> None:
+    run = run_join(CONTROL_PLANE_SAYS=answer)
+    assert run.done.returncode == 1
+    assert "join credentials from the control plane 172.31.255.10 are malformed" in run.done.stderr
+    assert answer not in run.done.stderr and run.join_configs() == []
+
+
+def test_the_placeholders_are_all_replaced(run_join: JoinRunner) -> None:
+    run = run_join()
+    (config,) = run.join_configs()
+    assert not re.search(r"KOA_[A-Z_]+", config), config
