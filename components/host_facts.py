@@ -66,7 +66,7 @@ class HostFacts:
     remote: bool
     # Through virsh: valid for local and remote URIs.
     virsh_path: str | None  # None: virsh not on PATH
-    libvirt_reachable: bool | None  # None: no virsh to ask
+    libvirt_reachable: bool | None  # None: no virsh to ask, or it failed oddly
     libvirt_error: str  # virsh's complaint when unreachable
     libvirt_kvm: bool | None  # capabilities offer <domain type='kvm'>
     libvirt_networks: tuple[LibvirtNetwork, ...] | None  # every network except ours
@@ -172,29 +172,28 @@ def _split_xml(text: str, closing: str) -> list[str]:
 
 @dataclass(frozen=True)
 class _LibvirtView:
-    virsh: str | None = None
     reachable: bool | None = None
     error: str = ""
     kvm: bool | None = None
     networks: tuple[LibvirtNetwork, ...] | None = None
 
 
-def _libvirt_facts(uri: str, own_network: str) -> _LibvirtView:
-    virsh = shutil.which("virsh")
-    if virsh is None:
-        return _LibvirtView(error="virsh is not on PATH (install libvirt-clients to let preflight ask libvirt)")
+NO_VIRSH = _LibvirtView(error="virsh is not on PATH")
+
+
+def _libvirt_facts(virsh: str, uri: str, own_network: str) -> _LibvirtView:
     code, out, err = _virsh_batch(virsh, uri, ["net-list --all --name"])
     if code != 0:
-        return _LibvirtView(virsh, False, _first_line(err))
+        return _LibvirtView(False, _first_line(err))
     names = [n.strip() for n in out.splitlines() if n.strip() and n.strip() != own_network]
     commands = ["capabilities"] + [f"net-dumpxml {shlex.quote(n)}" for n in names]
     code, out, _ = _virsh_batch(virsh, uri, commands)
     if code != 0:
-        return _LibvirtView(virsh, True)
+        return _LibvirtView(True)
     capabilities, _, networks_xml = out.partition("</capabilities>")
     kvm = _safe(lambda: _offers_kvm(capabilities + "</capabilities>"), None)
     networks = tuple(n for x in _split_xml(networks_xml, "</network>") if (n := _parse_or_none(x)) is not None)
-    return _LibvirtView(virsh, True, "", kvm, networks)
+    return _LibvirtView(True, "", kvm, networks)
 
 
 def _parse_or_none(xml_text: str) -> LibvirtNetwork | None:
@@ -427,8 +426,10 @@ def _ssh_key_error(path: str) -> str | None:
 def gather_host_facts(config: ClusterConfig) -> HostFacts:
     """Read everything `check` needs from this machine and libvirt; never raises, never hangs (virsh timeouts)."""
     started = time.monotonic()
-    remote = is_remote_uri(config.libvirt_uri)
-    view = _safe(lambda: _libvirt_facts(config.libvirt_uri, config.network_name), _LibvirtView())
+    uri = config.libvirt_uri
+    remote = is_remote_uri(uri)
+    virsh = shutil.which("virsh")
+    view = NO_VIRSH if virsh is None else _safe(lambda: _libvirt_facts(virsh, uri, config.network_name), _LibvirtView())
 
     def local(read: Callable[[], T]) -> T | None:
         return None if remote else _safe(read, None)
@@ -439,7 +440,7 @@ def gather_host_facts(config: ClusterConfig) -> HostFacts:
     return HostFacts(
         libvirt_uri=config.libvirt_uri,
         remote=remote,
-        virsh_path=view.virsh,
+        virsh_path=virsh,
         libvirt_reachable=view.reachable,
         libvirt_error=view.error,
         libvirt_kvm=view.kvm,

@@ -4,7 +4,7 @@
 `run_preflight` gathers, checks and raises one `PreflightError` listing them all.
 
 Which checks apply:
-- always: libvirt reachable, mkisofs (the provider builds the cloud-init ISO on the Pulumi host),
+- always: virsh present, libvirt reachable, mkisofs (the provider builds the cloud-init ISO on the Pulumi host),
   ssh-key, network overlap with other libvirt networks, KVM offered by libvirt's capabilities
   (remote URIs only).
 - local URIs only: /dev/kvm and CPU flags, AppArmor, pool directory permissions, SELinux, memory,
@@ -62,6 +62,21 @@ def _key(name: str) -> str:
 def _session(config: ClusterConfig) -> bool:
     # qemu:///session runs domains as the calling user, unconfined, and opens /dev/kvm as that user.
     return urlsplit(config.libvirt_uri).path.rstrip("/") == "/session"
+
+
+def _check_virsh(config: ClusterConfig, facts: HostFacts) -> list[PreflightProblem]:
+    # Without virsh nothing about libvirt can be checked; passing would register every resource blind.
+    if facts.virsh_path is not None:
+        return []
+    return [
+        PreflightProblem(
+            "libvirt",
+            f"virsh is not on PATH, so preflight cannot check libvirt:uri {config.libvirt_uri} "
+            "(reachable, its networks, KVM support, this stack's VMs)",
+            "install the libvirt client on this machine (Debian/Ubuntu: `sudo apt-get install libvirt-clients`; "
+            f"Fedora/RHEL: `sudo dnf install libvirt-client`), or set {SKIP_ENV}=1 to skip the preflight",
+        )
+    ]
 
 
 def _check_libvirt(config: ClusterConfig, facts: HostFacts) -> list[PreflightProblem]:
@@ -299,6 +314,7 @@ def _check_host_routes(config: ClusterConfig, facts: HostFacts) -> list[Prefligh
 
 
 CHECKS: tuple[Callable[[ClusterConfig, HostFacts], list[PreflightProblem]], ...] = (
+    _check_virsh,
     _check_libvirt,
     _check_kvm,
     _check_mkisofs,

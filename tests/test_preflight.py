@@ -84,11 +84,21 @@ def test_libvirt_permission_denied_points_at_the_group(config: ClusterConfig) ->
     assert_says(problem, ["Permission denied"], ["usermod -aG libvirt"])
 
 
-def test_virsh_missing_is_unknown_not_a_problem(config: ClusterConfig) -> None:
+def test_virsh_missing_is_a_problem_not_a_pass(config: ClusterConfig) -> None:
+    # Without virsh nothing about libvirt is known; a dead socket must not slip through.
     facts = healthy(
-        virsh_path=None, libvirt_reachable=None, libvirt_error="virsh is not on PATH", libvirt_networks=None
+        virsh_path=None,
+        libvirt_reachable=None,
+        libvirt_error="virsh is not on PATH",
+        libvirt_kvm=None,
+        libvirt_networks=None,
     )
-    assert pf.check(config, facts) == []
+    problem = only(pf.check(config, facts), "libvirt")
+    assert_says(
+        problem,
+        ["virsh is not on PATH", "libvirt:uri qemu:///system"],
+        ["apt-get install libvirt-clients", "dnf install libvirt-client", pf.SKIP_ENV + "=1"],
+    )
 
 
 def test_kvm_missing_with_domain_type_kvm(config: ClusterConfig) -> None:
