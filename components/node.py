@@ -75,6 +75,11 @@ class Node(pulumi.ComponentResource):
                 )
             ],
             consoles=[libvirt.DomainConsoleArgs(type="pty", target_port="0", target_type="serial")],
+            # Without a graphics block the provider adds SPICE, which EL9's QEMU lacks; libvirt rejects
+            # type 'none'. VNC on the loopback address only: `virsh vncdisplay` + an SSH tunnel to look.
+            graphics=libvirt.DomainGraphicsArgs(
+                type="vnc", listen_type="address", listen_address="127.0.0.1", autoport=True
+            ),
             autostart=True,
             running=True,
             qemu_agent=False,

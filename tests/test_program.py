@@ -63,6 +63,13 @@ def test_domains_follow_the_provider_rules(air: Evaluation) -> None:
         assert nic["hostname"] == name and nic["mac"].startswith("52:54:00:")
         assert domain.plain("autostart") is True
         assert domain.plain("consoles")[0]["type"] == "pty"
+        # Declared, so the provider adds no SPICE device (absent from EL9's QEMU); reachable from the host only.
+        assert domain.plain("graphics") == {
+            "type": "vnc",
+            "listenType": "address",
+            "listenAddress": "127.0.0.1",
+            "autoport": True,
+        }
         assert domain.plain("cpu") == {"mode": "host-passthrough"}
     hosts = {h["hostname"]: h["ip"] for h in network.plain("dns")["hosts"]}
     assert hosts == {f"{n}.air.internal": f"172.31.255.{n[-2:]}" for n in domains(air)}
