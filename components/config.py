@@ -34,6 +34,7 @@ MAX_BRIDGE_NAME = 15  # Linux IFNAMSIZ - 1
 MAX_WORKERS = 200
 
 DEFAULT_IMAGE = "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2"
+BASE_VOLUME = "base.qcow2"  # the base image's volume in the stack's pool
 
 # Key -> default. "{stack}" is replaced by the stack name.
 DEFAULTS: dict[str, str] = {

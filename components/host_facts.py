@@ -5,7 +5,8 @@ calls are bounded): a fact it cannot read is None, unknown. `components/prefligh
 
 What is read where:
 - always (the Pulumi host, or libvirt through virsh): virsh itself, libvirt reachable, its networks and
-  KVM capability, mkisofs, the ssh key.
+  KVM capability, this stack's domains (those with a disk in its pool) and pool volumes, mkisofs, the
+  ssh key.
 - local URIs only (qemu:///system, qemu:///session, qemu+unix://): /dev/kvm and CPU flags, AppArmor,
   pool directory permissions, SELinux, memory, disk, host routes. Over qemu+ssh:// these would describe
   the Pulumi host, not the libvirt host, so they stay unknown.
@@ -25,13 +26,13 @@ import stat
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from components.config import ClusterConfig
+from components.config import BASE_VOLUME, ClusterConfig
 
 VIRSH_TIMEOUT_S = 10.0
 MIB = 1024 * 1024
@@ -59,6 +60,25 @@ class HostRoute:
 
 
 @dataclass(frozen=True)
+class StackDomain:
+    """A libvirt domain with a disk in this stack's pool: one of this stack's nodes."""
+
+    name: str
+    memory_mib: int
+    running: bool
+    disk_volumes: tuple[str, ...]  # names of its disk volumes in the stack's pool
+    description: str
+
+
+@dataclass(frozen=True)
+class StackVolume:
+    """A volume in this stack's pool (base image, node disks, cloud-init ISOs)."""
+
+    name: str
+    allocation_mib: int  # what it occupies on the pool's filesystem now
+
+
+@dataclass(frozen=True)
 class HostFacts:
     """What preflight observed. None means unknown (unreadable, or not applicable to a remote URI)."""
 
@@ -70,6 +90,9 @@ class HostFacts:
     libvirt_error: str  # virsh's complaint when unreachable
     libvirt_kvm: bool | None  # capabilities offer <domain type='kvm'>
     libvirt_networks: tuple[LibvirtNetwork, ...] | None  # every network except ours
+    # What this stack already holds (a re-run, a scale-down): its domains and its pool's volumes.
+    stack_domains: tuple[StackDomain, ...] | None
+    stack_volumes: tuple[StackVolume, ...] | None
     # The Pulumi host.
     mkisofs_path: str | None
     genisoimage_path: str | None
@@ -152,6 +175,21 @@ def _virsh_batch(virsh: str, uri: str, commands: list[str]) -> tuple[int | None,
     return _run([virsh, "-q", "-c", uri, "; ".join(commands)])
 
 
+SECTION = "KOA-PREFLIGHT-SECTION"
+
+
+def _virsh_sections(virsh: str, uri: str, groups: list[list[str]]) -> tuple[list[str] | None, str]:
+    """Each group's output; None when virsh stopped before the last group (no connection, a dropped one).
+
+    A failing command inside a group only empties its part: virsh goes on with the next one."""
+    commands = list(groups[0])
+    for group in groups[1:]:
+        commands += [f"echo {SECTION}", *group]
+    _, out, err = _virsh_batch(virsh, uri, commands)
+    parts = out.split(SECTION)
+    return (parts if len(parts) == len(groups) else None), err
+
+
 def parse_network_xml(xml_text: str) -> LibvirtNetwork | None:
     root = ET.fromstring(xml_text)
     name = root.findtext("name") or ""
@@ -166,6 +204,43 @@ def parse_network_xml(xml_text: str) -> LibvirtNetwork | None:
     return None
 
 
+_BYTES = {"B": 1, "bytes": 1, "b": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+_BYTES |= {"k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "PiB": 1 << 50, "EiB": 1 << 60}
+
+
+def parse_domain_xml(xml_text: str, pool: str, running: Collection[str]) -> StackDomain | None:
+    """The domain if one of its disks is a volume of `pool` (how provider v0.8.1 attaches volume_id)."""
+    root = ET.fromstring(xml_text)
+    sources = root.findall("devices/disk[@device='disk']/source")
+    volumes = tuple(s.get("volume", "") for s in sources if s.get("pool") == pool)
+    if not volumes:
+        return None
+    name = root.findtext("name") or ""
+    memory = root.find("memory")
+    if memory is None or memory.text is None:
+        return None
+    memory_mib = int(memory.text) * _BYTES[memory.get("unit", "KiB")] // MIB
+    return StackDomain(name, memory_mib, name in running, volumes, root.findtext("description") or "")
+
+
+_VOLUME_ROW = re.compile(r"^\s*(\S+)\s.*\s([\d.]+) (\S+)\s+([\d.]+) (\S+)\s*$")
+
+
+def parse_volume_list(text: str) -> tuple[StackVolume, ...]:
+    """`virsh -q vol-list --details`: name, path, type, capacity, allocation (sizes as "1.50 GiB")."""
+    volumes = []
+    for line in text.splitlines():
+        match = _VOLUME_ROW.match(line)
+        if match and match.group(5) in _BYTES:
+            allocation = float(match.group(4)) * _BYTES[match.group(5)]
+            volumes.append(StackVolume(match.group(1), round(allocation / MIB)))
+    return tuple(volumes)
+
+
+def _names(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def _split_xml(text: str, closing: str) -> list[str]:
     return [part + closing for part in text.split(closing) if part.strip()]
 
@@ -176,24 +251,42 @@ class _LibvirtView:
     error: str = ""
     kvm: bool | None = None
     networks: tuple[LibvirtNetwork, ...] | None = None
+    domains: tuple[StackDomain, ...] | None = None
+    volumes: tuple[StackVolume, ...] | None = None
 
 
 NO_VIRSH = _LibvirtView(error="virsh is not on PATH")
 
 
-def _libvirt_facts(virsh: str, uri: str, own_network: str) -> _LibvirtView:
-    code, out, err = _virsh_batch(virsh, uri, ["net-list --all --name"])
-    if code != 0:
+def _libvirt_facts(virsh: str, uri: str, config: ClusterConfig) -> _LibvirtView:
+    pool = shlex.quote(config.pool_name)
+    # vol-list fails while the pool does not exist yet (a first `up`): not the last command, so the
+    # exit status does not matter; the section markers tell a complete answer from none.
+    listing, err = _virsh_sections(
+        virsh,
+        uri,
+        [[f"vol-list --pool {pool} --details"], ["net-list --all --name"], ["list --all --name"], ["list --name"]],
+    )
+    if listing is None:
         return _LibvirtView(False, _first_line(err))
-    names = [n.strip() for n in out.splitlines() if n.strip() and n.strip() != own_network]
-    commands = ["capabilities"] + [f"net-dumpxml {shlex.quote(n)}" for n in names]
-    code, out, _ = _virsh_batch(virsh, uri, commands)
-    if code != 0:
+    volumes_text, networks_text, domains_text, running_text = listing
+    networks = [n for n in _names(networks_text) if n != config.network_name]
+    domains = _names(domains_text)
+    network_dumps = [f"net-dumpxml {shlex.quote(n)}" for n in networks]
+    domain_dumps = [f"dumpxml {shlex.quote(d)}" for d in domains]
+    details, _ = _virsh_sections(virsh, uri, [["capabilities"], network_dumps, domain_dumps])
+    if details is None:
         return _LibvirtView(True)
-    capabilities, _, networks_xml = out.partition("</capabilities>")
-    kvm = _safe(lambda: _offers_kvm(capabilities + "</capabilities>"), None)
-    networks = tuple(n for x in _split_xml(networks_xml, "</network>") if (n := _parse_or_none(x)) is not None)
-    return _LibvirtView(True, "", kvm, networks)
+    capabilities, networks_xml, domains_xml = details
+    running = _names(running_text)
+    return _LibvirtView(
+        True,
+        "",
+        _safe(lambda: _offers_kvm(capabilities.strip()), None),
+        tuple(n for x in _split_xml(networks_xml, "</network>") if (n := _parse_or_none(x)) is not None),
+        tuple(d for x in _split_xml(domains_xml, "</domain>") if (d := _ours_or_none(x, config, running)) is not None),
+        parse_volume_list(volumes_text),
+    )
 
 
 def _parse_or_none(xml_text: str) -> LibvirtNetwork | None:
@@ -201,6 +294,14 @@ def _parse_or_none(xml_text: str) -> LibvirtNetwork | None:
     try:
         return parse_network_xml(xml_text)
     except (ET.ParseError, ValueError):
+        return None
+
+
+def _ours_or_none(xml_text: str, config: ClusterConfig, running: list[str]) -> StackDomain | None:
+    # Someone else's odd domain must not hide ours.
+    try:
+        return parse_domain_xml(xml_text, config.pool_name, running)
+    except (ET.ParseError, ValueError, KeyError):
         return None
 
 
@@ -316,7 +417,7 @@ def pool_volume_paths(config: ClusterConfig) -> list[str]:
     # The names components/storage.py and node.py give their volumes: virt-aa-helper must read each.
     pool = config.pool_path.rstrip("/")
     node = config.control_plane.name
-    return [f"{pool}/base.qcow2", f"{pool}/{node}.qcow2", f"{pool}/{node}-seed.iso"]
+    return [f"{pool}/{BASE_VOLUME}", f"{pool}/{node}.qcow2", f"{pool}/{node}-seed.iso"]
 
 
 def _apparmor_pool_allowed(config: ClusterConfig) -> bool | None:
@@ -429,7 +530,7 @@ def gather_host_facts(config: ClusterConfig) -> HostFacts:
     uri = config.libvirt_uri
     remote = is_remote_uri(uri)
     virsh = shutil.which("virsh")
-    view = NO_VIRSH if virsh is None else _safe(lambda: _libvirt_facts(virsh, uri, config.network_name), _LibvirtView())
+    view = NO_VIRSH if virsh is None else _safe(lambda: _libvirt_facts(virsh, uri, config), _LibvirtView())
 
     def local(read: Callable[[], T]) -> T | None:
         return None if remote else _safe(read, None)
@@ -445,6 +546,8 @@ def gather_host_facts(config: ClusterConfig) -> HostFacts:
         libvirt_error=view.error,
         libvirt_kvm=view.kvm,
         libvirt_networks=view.networks,
+        stack_domains=view.domains,
+        stack_volumes=view.volumes,
         mkisofs_path=shutil.which("mkisofs"),
         genisoimage_path=shutil.which("genisoimage"),
         xorrisofs_path=shutil.which("xorrisofs"),

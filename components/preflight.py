@@ -8,7 +8,8 @@ Which checks apply:
   ssh-key, network overlap with other libvirt networks, KVM offered by libvirt's capabilities
   (remote URIs only).
 - local URIs only: /dev/kvm and CPU flags, AppArmor, pool directory permissions, SELinux, memory,
-  disk, host routes (their facts are unknown over qemu+ssh://).
+  disk, host routes (their facts are unknown over qemu+ssh://). Memory and disk count what this
+  stack's running VMs and pool volumes already hold, so a re-run or a scale-down needs no more room.
 - qemu:///session additionally skips AppArmor, SELinux and pool permissions (domains run as you,
   unconfined) but requires /dev/kvm to be read/writable by you.
 An unknown fact never produces a problem: preflight blocks only on what it has observed.
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from itertools import islice
 from urllib.parse import urlsplit
 
-from components.config import NAMESPACE, ClusterConfig
+from components.config import BASE_VOLUME, NAMESPACE, ClusterConfig
 from components.host_facts import HostFacts, HostRoute, gather_host_facts
 
 SKIP_ENV = "KUBE_ON_AIR_SKIP_PREFLIGHT"
@@ -212,12 +213,16 @@ def _check_selinux(config: ClusterConfig, facts: HostFacts) -> list[PreflightPro
 
 def _check_memory(config: ClusterConfig, facts: HostFacts) -> list[PreflightProblem]:
     needed = sum(node.memory_mib for node in config.nodes)
-    if facts.remote or facts.mem_available_mib is None or facts.mem_available_mib >= needed:
+    # MemAvailable already lacks what this stack's running VMs use: a re-run or scale-down needs only the rest.
+    held = sum(domain.memory_mib for domain in facts.stack_domains or () if domain.running)
+    if facts.remote or facts.mem_available_mib is None or facts.mem_available_mib + held >= needed:
         return []
+    holding = f", of which this stack's running VMs hold {held} MiB already" if held else ""
     return [
         PreflightProblem(
             "memory",
-            f"MemAvailable is {facts.mem_available_mib} MiB but the {len(config.nodes)} nodes need {needed} MiB",
+            f"MemAvailable is {facts.mem_available_mib} MiB but the {len(config.nodes)} nodes need {needed} MiB"
+            + holding,
             f"lower {_key('workerCount')} or {_key('workerMemoryMiB')} (or {_key('controlPlaneMemoryMiB')}), "
             "or free memory on the host",
         )
@@ -228,15 +233,23 @@ def disk_needed_mib(config: ClusterConfig) -> int:
     return DISK_BASE_MIB + DISK_PER_NODE_MIB * len(config.nodes)
 
 
+def disk_held_mib(facts: HostFacts) -> int:
+    """What this stack's volumes occupy already, each counted up to its share of `disk_needed_mib`."""
+    share = {BASE_VOLUME: DISK_BASE_MIB}
+    return sum(min(v.allocation_mib, share.get(v.name, DISK_PER_NODE_MIB)) for v in facts.stack_volumes or ())
+
+
 def _check_disk(config: ClusterConfig, facts: HostFacts) -> list[PreflightProblem]:
     needed = disk_needed_mib(config)
-    if facts.remote or facts.disk_free_mib is None or facts.disk_free_mib >= needed:
+    held = disk_held_mib(facts)
+    if facts.remote or facts.disk_free_mib is None or facts.disk_free_mib + held >= needed:
         return []
+    holding = f", of which this stack's volumes hold {held} MiB already" if held else ""
     return [
         PreflightProblem(
             "disk",
             f"{facts.disk_probe_path} has {facts.disk_free_mib} MiB free but the base image and "
-            f"{len(config.nodes)} node overlays need about {needed} MiB",
+            f"{len(config.nodes)} node overlays need about {needed} MiB{holding}",
             f"free space there, set {_key('poolPath')} on a larger filesystem, or lower {_key('workerCount')}",
         )
     ]

@@ -16,7 +16,7 @@ import pytest
 from components import host_facts as hf
 from components import preflight as pf
 from components.config import ClusterConfig
-from components.host_facts import HostFacts, HostRoute, LibvirtNetwork
+from components.host_facts import HostFacts, HostRoute, LibvirtNetwork, StackDomain, StackVolume
 from tests.conftest import cluster_config
 from tests.test_preflight import OUTSIDE_POOL, assert_says, only
 
@@ -114,6 +114,37 @@ def test_parsers() -> None:
     assert hf.parse_network_xml("<network><name>br</name><forward mode='bridge'/></network>") is None
 
 
+def provider_domain_xml(name: str, pool: str, memory: str = "<memory unit='KiB'>2097152</memory>") -> str:
+    """A domain as provider v0.8.1 defines it: volume_id disks by pool and volume, the seed as a cdrom."""
+    return (
+        f"<domain type='kvm'><name>{name}</name>{memory}<devices>"
+        f"<disk type='volume' device='disk'><source pool='{pool}' volume='{name}-0123456789.qcow2'/></disk>"
+        f"<disk type='volume' device='cdrom'><source pool='{pool}' volume='{name}-seed-0123456789.iso'/></disk>"
+        "</devices></domain>"
+    )
+
+
+def test_domain_and_volume_parsers() -> None:
+    ours = hf.parse_domain_xml(provider_domain_xml("head10", "koa-t"), "koa-t", running=["head10"])
+    assert ours == StackDomain("head10", 2048, True, ("head10-0123456789.qcow2",), "")
+    other_stack = provider_domain_xml("head10", "koa-lab", "<memory unit='MiB'>4096</memory>")
+    assert hf.parse_domain_xml(other_stack, "koa-lab", running=[]) == StackDomain(
+        "head10", 4096, False, ("head10-0123456789.qcow2",), ""
+    )
+    assert hf.parse_domain_xml(other_stack, "koa-t", running=["head10"]) is None
+    # `virsh -q vol-list --details` as libvirt 9 prints it.
+    listing = (
+        " base.qcow2         /var/lib/libvirt/images/kube-on-air-t/base.qcow2         file   2.00 GiB    900.00 MiB\n"
+        " head10-abc.qcow2   /var/lib/libvirt/images/kube-on-air-t/head10-abc.qcow2   file   20.00 GiB   1.76 GiB\n"
+        " head10-seed.iso    /var/lib/libvirt/images/kube-on-air-t/head10-seed.iso    file   364.00 KiB  364.00 KiB\n"
+    )
+    assert hf.parse_volume_list(listing) == (
+        StackVolume("base.qcow2", 900),
+        StackVolume("head10-abc.qcow2", 1802),
+        StackVolume("head10-seed.iso", 0),
+    )
+
+
 def test_subprocess_timeout_kills_the_whole_group() -> None:
     # A grandchild holding the pipes (ssh under virsh) must not keep us waiting.
     started = time.monotonic()
@@ -196,3 +227,61 @@ def test_gather_through_real_virsh_with_the_test_driver(ssh_key: Path) -> None:
     assert facts.libvirt_networks == (LibvirtNetwork("default", "192.168.122.0/24", "virbr0"),)
     problems = [p for p in pf.check(clashing, facts) if p.check == "network"]
     assert_says(only(problems, "network"), ["'default'", "192.168.122.0/24"], ["kube-on-air:networkCidr"])
+    # A first `up`: the stack's pool does not exist (vol-list fails inside the batch), which is no failure.
+    assert facts.stack_domains == () and facts.stack_volumes == ()
+
+
+# A libvirt host for the test driver after this stack's first `up`, beside another stack's VM.
+TEST_DRIVER_HOST = """<node>
+  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>t-head10</name>
+    <description>{"kube-on-air": "t/head10"}</description>
+    <memory unit='MiB'>2048</memory>
+    <os><type>hvm</type></os>
+    <devices>
+      <disk type='volume' device='disk'><source pool='koa-t' volume='head10-abc.qcow2'/><target dev='vda'/></disk>
+      <disk type='volume' device='cdrom'><source pool='koa-t' volume='head10-seed-abc.iso'/><target dev='hdd'/></disk>
+    </devices>
+  </domain>
+  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>t-work11</name>
+    <memory unit='KiB'>1572864</memory>
+    <os><type>hvm</type></os>
+    <devices>
+      <disk type='volume' device='disk'><source pool='koa-t' volume='work11-abc.qcow2'/><target dev='vda'/></disk>
+    </devices>
+    <test:runstate>5</test:runstate>
+  </domain>
+  <domain type='test'>
+    <name>lab-head10</name>
+    <memory unit='MiB'>4096</memory>
+    <os><type>hvm</type></os>
+    <devices>
+      <disk type='volume' device='disk'><source pool='koa-lab' volume='head10-abc.qcow2'/><target dev='vda'/></disk>
+    </devices>
+  </domain>
+  <pool type='dir'>
+    <name>koa-t</name>
+    <target><path>/var/lib/libvirt/images/kube-on-air-t</path></target>
+    <volume type='file'>
+      <name>base.qcow2</name><capacity unit='GiB'>2</capacity><allocation unit='MiB'>900</allocation>
+    </volume>
+    <volume type='file'>
+      <name>head10-abc.qcow2</name><capacity unit='GiB'>20</capacity><allocation unit='MiB'>1800</allocation>
+    </volume>
+  </pool>
+</node>
+"""
+
+
+@pytest.mark.skipif(shutil.which("virsh") is None, reason="virsh not installed")
+def test_gather_reads_this_stacks_vms_and_volumes_through_real_virsh(ssh_key: Path, tmp_path: Path) -> None:
+    host = tmp_path / "host.xml"
+    host.write_text(TEST_DRIVER_HOST)
+    facts = hf.gather_host_facts(cluster_config(ssh_key, uri=f"test://{host}"))
+    assert facts.libvirt_reachable is True
+    assert sorted(facts.stack_domains or (), key=lambda d: d.name) == [
+        StackDomain("t-head10", 2048, True, ("head10-abc.qcow2",), '{"kube-on-air": "t/head10"}'),
+        StackDomain("t-work11", 1536, False, ("work11-abc.qcow2",), ""),  # shut off
+    ]
+    assert facts.stack_volumes == (StackVolume("base.qcow2", 900), StackVolume("head10-abc.qcow2", 1802))

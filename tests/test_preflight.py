@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from components import preflight as pf
-from components.config import ClusterConfig
-from components.host_facts import HostFacts, HostRoute, LibvirtNetwork
+from components.config import BASE_VOLUME, ClusterConfig
+from components.host_facts import HostFacts, HostRoute, LibvirtNetwork, StackDomain, StackVolume
 from components.preflight import PreflightError, PreflightProblem
 from tests.conftest import cluster_config
 
@@ -27,6 +27,8 @@ def healthy(**changes: Any) -> HostFacts:
         libvirt_error="",
         libvirt_kvm=True,
         libvirt_networks=(LibvirtNetwork("default", "192.168.122.0/24", "virbr0"),),
+        stack_domains=(),  # a first `up`: nothing of this stack exists yet
+        stack_volumes=(),
         mkisofs_path="/usr/bin/mkisofs",
         genisoimage_path="/usr/bin/genisoimage",
         xorrisofs_path=None,
@@ -190,6 +192,51 @@ def test_memory_short(config: ClusterConfig) -> None:
 def test_disk_short(config: ClusterConfig) -> None:
     problem = only(pf.check(config, healthy(disk_free_mib=3000)), "disk")
     assert_says(problem, ["/var/lib/libvirt/images has 3000 MiB free", "need about 10240 MiB"], ["poolPath"])
+
+
+def vm(name: str, memory_mib: int, running: bool = True) -> StackDomain:
+    return StackDomain(f"t-{name}", memory_mib, running, (f"{name}-0123456789.qcow2",), "")
+
+
+# What the default cluster (head10 + work11..13) holds after its first `up`.
+CLUSTER_VMS = (vm("head10", 2048), vm("work11", 1536), vm("work12", 1536), vm("work13", 1536))
+CLUSTER_VOLUMES = (
+    StackVolume(BASE_VOLUME, 900),
+    *(StackVolume(f"{n}-0123456789.qcow2", 1800) for n in ("head10", "work11", "work12", "work13")),
+    *(StackVolume(f"{n}-seed-0123456789.iso", 1) for n in ("head10", "work11", "work12", "work13")),
+)
+
+
+def test_a_rerun_counts_the_memory_this_stacks_vms_hold(ssh_key: Path, config: ClusterConfig) -> None:
+    # The first `up` fit 6656 MiB into 7000 MiB; the VMs now use most of it.
+    assert pf.check(config, healthy(mem_available_mib=500, stack_domains=CLUSTER_VMS)) == []
+    # Scale-down 3 -> 1: two more running VMs than the config wants, still fine.
+    one = cluster_config(ssh_key, workerCount="1")
+    assert pf.check(one, healthy(mem_available_mib=0, stack_domains=CLUSTER_VMS)) == []
+    # Scale-up 3 -> 5 needs 2 x 1536 MiB on top of what is held.
+    five = cluster_config(ssh_key, workerCount="5")
+    assert pf.check(five, healthy(mem_available_mib=3072, stack_domains=CLUSTER_VMS)) == []
+    problem = only(pf.check(five, healthy(mem_available_mib=3000, stack_domains=CLUSTER_VMS)), "memory")
+    assert_says(problem, ["3000 MiB", "6 nodes need 9728 MiB", "running VMs hold 6656 MiB already"], ["workerCount"])
+    # Shut-off VMs hold no host memory.
+    stopped = tuple(dataclasses.replace(d, running=False) for d in CLUSTER_VMS)
+    problem = only(pf.check(config, healthy(mem_available_mib=500, stack_domains=stopped)), "memory")
+    assert "hold" not in problem.observed
+
+
+def test_a_rerun_counts_the_disk_this_stacks_volumes_hold(ssh_key: Path, config: ClusterConfig) -> None:
+    # The first `up` fit its 10240 MiB estimate exactly; 8104 MiB of it is now used by its volumes.
+    used = sum(v.allocation_mib for v in CLUSTER_VOLUMES)
+    assert pf.check(config, healthy(disk_free_mib=10240 - used, stack_volumes=CLUSTER_VOLUMES)) == []
+    one = cluster_config(ssh_key, workerCount="1")
+    assert pf.check(one, healthy(disk_free_mib=0, stack_volumes=CLUSTER_VOLUMES)) == []
+    # A volume counts only up to its share of the estimate: full overlays leave no room for new nodes.
+    grown = tuple(dataclasses.replace(v, allocation_mib=9000) for v in CLUSTER_VOLUMES if v.name.endswith(".qcow2"))
+    five = cluster_config(ssh_key, workerCount="5")  # needs 2048 + 6 x 2048
+    assert pf.disk_held_mib(healthy(stack_volumes=grown)) == 2048 + 4 * 2048
+    assert pf.check(five, healthy(disk_free_mib=2 * 2048, stack_volumes=grown)) == []
+    problem = only(pf.check(five, healthy(disk_free_mib=4000, stack_volumes=grown)), "disk")
+    assert_says(problem, ["4000 MiB free", "need about 14336 MiB", "volumes hold 10240 MiB already"], ["workerCount"])
 
 
 def test_ssh_key_unreadable(config: ClusterConfig) -> None:
