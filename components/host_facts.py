@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from components import identity
 from components.config import BASE_VOLUME, ClusterConfig
 
 VIRSH_TIMEOUT_S = 10.0
@@ -415,9 +416,11 @@ def apparmor_allows(profile_text: str, paths: Iterable[str]) -> bool:
 
 def pool_volume_paths(config: ClusterConfig) -> list[str]:
     # The names components/storage.py and node.py give their volumes: virt-aa-helper must read each.
+    # A node's generation varies; the shape of the name is what profile rules match.
     pool = config.pool_path.rstrip("/")
-    node = config.control_plane.name
-    return [f"{pool}/{BASE_VOLUME}", f"{pool}/{node}.qcow2", f"{pool}/{node}-seed.iso"]
+    node, generation = config.control_plane, "0" * identity.GENERATION_HEX
+    disk, seed = identity.disk_volume_name(node, generation), identity.seed_volume_name(node, generation)
+    return [f"{pool}/{BASE_VOLUME}", f"{pool}/{disk}", f"{pool}/{seed}"]
 
 
 def _apparmor_pool_allowed(config: ClusterConfig) -> bool | None:

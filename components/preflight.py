@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from itertools import islice
 from urllib.parse import urlsplit
 
+from components import identity
 from components.config import BASE_VOLUME, NAMESPACE, ClusterConfig
 from components.host_facts import HostFacts, HostRoute, gather_host_facts
+from components.identity import NodeIdentity
 
 SKIP_ENV = "KUBE_ON_AIR_SKIP_PREFLIGHT"
 LIBVIRT_IMAGES = "/var/lib/libvirt/images"
@@ -342,9 +344,41 @@ CHECKS: tuple[Callable[[ClusterConfig, HostFacts], list[PreflightProblem]], ...]
 )
 
 
-def check(config: ClusterConfig, facts: HostFacts) -> list[PreflightProblem]:
-    """Every problem the facts show; unknown facts are given the benefit of the doubt."""
-    return [problem for run in CHECKS for problem in run(config, facts)]
+def _check_control_plane(
+    config: ClusterConfig, facts: HostFacts, expected: NodeIdentity | None
+) -> list[PreflightProblem]:
+    """A changed identity replaces a node (components/identity.py); for the control plane that is a new cluster."""
+    name = config.control_plane.libvirt_name
+    deployed = next((d for d in facts.stack_domains or () if d.name == name), None)
+    if expected is None or deployed is None:
+        return []  # nothing built yet (or gone): building it is what `up` is for
+    if identity.disk_volume_name(config.control_plane, expected.generation) in deployed.disk_volumes:
+        return []
+    recorded = identity.parse_description(deployed.description)
+    if recorded is None:
+        reason = "an earlier kube-on-air built it (its description records no identity) and this one builds nodes anew"
+        undo = "keep using the kube-on-air version that built the cluster"
+    else:
+        changes = identity.changed_settings(recorded, expected) or ["volume names of a newer kube-on-air"]
+        reason, undo = f"the config changes what it is built from ({'; '.join(changes)})", "undo the change"
+    return [
+        PreflightProblem(
+            "control-plane",
+            f"the control plane {name} runs on {', '.join(deployed.disk_volumes)}; {reason}, so `pulumi up` would "
+            "rebuild it on a fresh disk: a new control plane is a new, empty cluster, which this cluster's workers "
+            "and Kubernetes objects would not follow",
+            f"{undo}, or rebuild the whole cluster on purpose: `pulumi destroy`, then `pulumi up` "
+            f"(skipping the preflight with {SKIP_ENV}=1 lets `up` break the cluster)",
+        )
+    ]
+
+
+def check(config: ClusterConfig, facts: HostFacts, control_plane: NodeIdentity | None = None) -> list[PreflightProblem]:
+    """Every problem the facts show; unknown facts are given the benefit of the doubt.
+
+    `control_plane`: what the program would build for it now; None skips the rebuild check."""
+    problems = [problem for run in CHECKS for problem in run(config, facts)]
+    return problems + _check_control_plane(config, facts, control_plane)
 
 
 def should_run(config: ClusterConfig, environ: Mapping[str, str] | None = None) -> bool:
@@ -353,10 +387,12 @@ def should_run(config: ClusterConfig, environ: Mapping[str, str] | None = None) 
     return env.get(SKIP_ENV, "").strip() != "1"
 
 
-def run_preflight(config: ClusterConfig, facts: HostFacts | None = None) -> HostFacts:
+def run_preflight(
+    config: ClusterConfig, facts: HostFacts | None = None, control_plane: NodeIdentity | None = None
+) -> HostFacts:
     """Gather (unless given) and check; raise PreflightError listing every problem, else return the facts."""
     facts = gather_host_facts(config) if facts is None else facts
-    problems = check(config, facts)
+    problems = check(config, facts, control_plane)
     if problems:
         raise PreflightError(problems, config.libvirt_uri)
     return facts

@@ -50,6 +50,7 @@ class Resource:
     inputs: dict[str, Any]
     additional_secret_outputs: list[str]
     retain_on_delete: bool
+    replace_on_changes: list[str]
 
     def plain(self, key: str) -> Any:
         return unwrap(self.inputs.get(key))
@@ -227,6 +228,7 @@ def _run_child(request: dict[str, Any]) -> dict[str, Any]:
                         "inputs": rpc.deserialize_properties(request.object),
                         "additional_secret_outputs": list(request.additionalSecretOutputs),
                         "retain_on_delete": bool(request.retainOnDelete),
+                        "replace_on_changes": sorted(request.replaceOnChanges),
                     }
                 )
             return response

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
+from components import identity
 from components import preflight as pf
 from components.config import BASE_VOLUME, ClusterConfig
 from components.host_facts import HostFacts, HostRoute, LibvirtNetwork, StackDomain, StackVolume
+from components.hostkeys import HostKey
 from components.preflight import PreflightError, PreflightProblem
 from tests.conftest import cluster_config
 
@@ -237,6 +239,52 @@ def test_a_rerun_counts_the_disk_this_stacks_volumes_hold(ssh_key: Path, config:
     assert pf.check(five, healthy(disk_free_mib=2 * 2048, stack_volumes=grown)) == []
     problem = only(pf.check(five, healthy(disk_free_mib=4000, stack_volumes=grown)), "disk")
     assert_says(problem, ["4000 MiB free", "need about 14336 MiB", "volumes hold 10240 MiB already"], ["workerCount"])
+
+
+HOST_KEY = HostKey(private="", public="ssh-ed25519 AAAAC3Nza head10")
+
+
+def built(config: ClusterConfig, disk: str | None = None, description: str | None = None) -> StackDomain:
+    """The control plane's domain as `config` built it (or with another disk / description)."""
+    cp = config.control_plane
+    made = identity.node_identity(config, cp, HOST_KEY)
+    disk = identity.disk_volume_name(cp, made.generation) if disk is None else disk
+    return StackDomain(cp.libvirt_name, 2048, True, (disk,), made.description if description is None else description)
+
+
+def plan(config: ClusterConfig) -> identity.NodeIdentity:
+    return identity.node_identity(config, config.control_plane, HOST_KEY)
+
+
+def test_a_change_that_would_rebuild_the_control_plane_is_refused(ssh_key: Path, config: ClusterConfig) -> None:
+    running = healthy(stack_domains=(built(config),))
+    assert pf.check(config, running, plan(config)) == []  # a re-run
+    newer = cluster_config(ssh_key, kubernetesVersion="1.35.0")
+    assert pf.check(newer, healthy(), plan(newer)) == []  # a first `up` builds whatever is configured
+    problem = only(pf.check(newer, running, plan(newer)), "control-plane")
+    assert_says(
+        problem,
+        ["t-head10 runs on head10-", "kube-on-air:kubernetesVersion: 1.34.2 -> 1.35.0", "new, empty cluster"],
+        ["undo the change", "`pulumi destroy`, then `pulumi up`"],
+    )
+    rekeyed = identity.node_identity(config, config.control_plane, HostKey("", "ssh-ed25519 BBBB head10"))
+    problem = only(pf.check(config, running, rekeyed), "control-plane")
+    assert_says(problem, ["the cloud-init seed", "hostKeyDir"], ["pulumi destroy"])
+    # Preflight cannot know what the program would build: it does not guess.
+    assert pf.check(newer, running) == []
+
+
+def test_a_control_plane_from_an_earlier_kube_on_air_is_not_rebuilt_silently(config: ClusterConfig) -> None:
+    earlier = healthy(stack_domains=(built(config, disk="head10.qcow2", description=""),))
+    problem = only(pf.check(config, earlier, plan(config)), "control-plane")
+    assert_says(problem, ["head10.qcow2", "earlier kube-on-air"], ["kube-on-air version that built", "pulumi destroy"])
+
+
+def test_workers_are_rebuilt_not_refused(ssh_key: Path, config: ClusterConfig) -> None:
+    newer = cluster_config(ssh_key, kubernetesVersion="1.35.0")
+    old_worker = dataclasses.replace(built(config), name="t-work11", disk_volumes=("work11-0123456789.qcow2",))
+    facts = healthy(stack_domains=(old_worker, built(newer)))
+    assert pf.check(newer, facts, plan(newer)) == []
 
 
 def test_ssh_key_unreadable(config: ClusterConfig) -> None:
