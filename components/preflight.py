@@ -6,7 +6,8 @@
 Which checks apply:
 - always: virsh present, libvirt reachable, mkisofs (the provider builds the cloud-init ISO on the Pulumi host),
   ssh-key, network overlap with other libvirt networks, KVM offered by libvirt's capabilities
-  (remote URIs only).
+  (remote URIs only), and that `up` would not rebuild the running control plane (given what the
+  program would build for it).
 - local URIs only: /dev/kvm and CPU flags, AppArmor, pool directory permissions, SELinux, memory,
   disk, host routes (their facts are unknown over qemu+ssh://). Memory and disk count what this
   stack's running VMs and pool volumes already hold, so a re-run or a scale-down needs no more room.
