@@ -36,6 +36,7 @@ MAX_WORKERS = 200
 CONNECTIVITY_TIMEOUT_RANGE = (30, 7200)
 
 DEFAULT_IMAGE = "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2"
+BASE_VOLUME = "base.qcow2"  # the base image's volume in the stack's pool
 
 # Key -> default. "{stack}" is replaced by the stack name.
 DEFAULTS: dict[str, str] = {

@@ -8,7 +8,7 @@ import pulumi
 import pulumi_libvirt as libvirt
 from pulumi_command import remote
 
-from components import render, ssh
+from components import identity, render, ssh
 from components.config import ClusterConfig, NodeSpec
 
 GIB = 1024**3
@@ -33,9 +33,13 @@ class Node(pulumi.ComponentResource):
         super().__init__("kube-on-air:node:Node", name, None, opts)
         config, spec = args.config, args.spec
         child = pulumi.ResourceOptions(parent=self)
+        host_key = args.access.host_keys[spec.name]
+        machine = identity.node_identity(config, spec, host_key)
+        generation = machine.generation
+        # The generation in the name: a new seed, image or size makes a new disk, hence a new domain.
         self.disk = libvirt.Volume(
             f"{name}-disk",
-            name=f"{spec.name}.qcow2",
+            name=identity.disk_volume_name(spec, generation),
             pool=args.pool_name,
             base_volume_id=args.base_volume_id,
             format="qcow2",
@@ -44,17 +48,19 @@ class Node(pulumi.ComponentResource):
         )
         self.seed = libvirt.CloudInitDisk(
             f"{name}-seed",
-            name=f"{spec.name}-seed.iso",
+            name=identity.seed_volume_name(spec, generation),
             pool=args.pool_name,
             # Carries the node's private host key.
-            user_data=pulumi.Output.secret(render.user_data(config, spec, args.access.host_keys[spec.name])),
-            meta_data=render.meta_data(config, spec),
+            user_data=pulumi.Output.secret(render.user_data(config, spec, host_key)),
+            meta_data=render.meta_data(spec, identity.instance_id(config, spec, generation)),
             network_config=render.network_config(config, spec),
             opts=child,
         )
         self.domain = libvirt.Domain(
             f"{name}-vm",
             name=spec.libvirt_name,
+            # Read back by preflight, which refuses to rebuild a running control plane.
+            description=machine.description,
             type=config.domain_type,
             # The cloud-init ISO is an IDE cdrom, which q35 lacks: keep i440fx.
             machine="pc",
@@ -75,10 +81,16 @@ class Node(pulumi.ComponentResource):
                 )
             ],
             consoles=[libvirt.DomainConsoleArgs(type="pty", target_port="0", target_type="serial")],
+            # Without a graphics block the provider adds SPICE, which EL9's QEMU lacks; libvirt rejects
+            # type 'none'. VNC on the loopback address only: `virsh vncdisplay` + an SSH tunnel to look.
+            graphics=libvirt.DomainGraphicsArgs(
+                type="vnc", listen_type="address", listen_address="127.0.0.1", autoport=True
+            ),
             autostart=True,
             running=True,
             qemu_agent=False,
-            opts=child,
+            # Never swap a new seed into this domain (the provider would, and cloud-init would ignore it).
+            opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["cloudinit"]),
         )
         self.ready = remote.Command(
             f"{name}-ready",

@@ -105,9 +105,9 @@ def user_data(config: ClusterConfig, node: NodeSpec, host_key: HostKey) -> str:
     )
 
 
-def meta_data(config: ClusterConfig, node: NodeSpec) -> str:
-    # A stable instance-id: cloud-init treats a new id as a new machine and re-runs first boot.
-    return render("cloud-init/meta-data.yaml.j2", instance_id=f"{config.stack}-{node.name}", hostname=node.name)
+def meta_data(node: NodeSpec, instance_id: str) -> str:
+    # instance-id: see components/identity.py (new with every change of the node's seed, else stable).
+    return render("cloud-init/meta-data.yaml.j2", instance_id=instance_id, hostname=node.name)
 
 
 def network_config(config: ClusterConfig, node: NodeSpec) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_libvirt as libvirt
 
-from components.config import ClusterConfig
+from components.config import BASE_VOLUME, ClusterConfig
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ImageStore(pulumi.ComponentResource):
         )
         self.base_image = libvirt.Volume(
             f"{name}-base",
-            name="base.qcow2",
+            name=BASE_VOLUME,
             pool=self.pool.name,
             source=config.image_source,
             format="qcow2",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from components.config import ClusterConfig, load
 from tests.harness import Evaluation, evaluate, make_ssh_key, stack_config
 
 NS = "kube-on-air"
@@ -37,3 +38,13 @@ def five(ssh_key: Path) -> Evaluation:
     evaluation = evaluate("air", air_config(ssh_key, workerCount="5"))
     assert evaluation.error is None, evaluation.error
     return evaluation
+
+
+def cluster_config(ssh_key: Path, uri: str | None = None, **raw: str) -> ClusterConfig:
+    """The validated config of a stack "t" with the test key and `raw` overrides (keys without namespace)."""
+    return load({"sshKeyPath": str(ssh_key), **raw}, stack="t", libvirt_uri=uri)
+
+
+@pytest.fixture
+def config(ssh_key: Path) -> ClusterConfig:
+    return cluster_config(ssh_key)

@@ -45,6 +45,7 @@ class Resource:
     retain_on_delete: bool
     # Resource option customTimeouts: operation -> duration ("600s"); only the ones set.
     custom_timeouts: dict[str, str]
+    replace_on_changes: list[str]
 
     def plain(self, key: str) -> Any:
         return unwrap(self.inputs.get(key))
@@ -229,6 +230,7 @@ def _run_child(request: dict[str, Any]) -> dict[str, Any]:
                         "additional_secret_outputs": list(request.additionalSecretOutputs),
                         "retain_on_delete": bool(request.retainOnDelete),
                         "custom_timeouts": _custom_timeouts(request),
+                        "replace_on_changes": sorted(request.replaceOnChanges),
                     }
                 )
             return response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,32 @@ def test_preflight_failure_registers_nothing(ssh_key: Path) -> None:
     assert evaluation.error is not None
     assert "[libvirt]" in evaluation.error and "fix:" in evaluation.error
     assert "Traceback" not in evaluation.error
+    assert evaluation.resources == []
+
+
+# A libvirt host (the test driver's format) where an earlier kube-on-air built the air stack's control plane.
+EARLIER_AIR_HOST = """<node>
+  <domain type='test'>
+    <name>head10</name>
+    <memory unit='MiB'>2048</memory>
+    <os><type>hvm</type></os>
+    <devices>
+      <disk type='volume' device='disk'><source pool='koa-air' volume='head10.qcow2'/><target dev='vda'/></disk>
+    </devices>
+  </domain>
+</node>
+"""
+
+
+@pytest.mark.skipif(shutil.which("virsh") is None, reason="virsh not installed")
+def test_rebuilding_a_running_control_plane_registers_nothing(ssh_key: Path, tmp_path: Path) -> None:
+    host = tmp_path / "host.xml"
+    host.write_text(EARLIER_AIR_HOST)
+    config = air_config(ssh_key, domainType="qemu")
+    config["libvirt:uri"] = f"test://{host}"
+    evaluation = evaluate("air", config, preflight=True)
+    assert evaluation.error is not None and "[control-plane]" in evaluation.error
+    assert "head10.qcow2" in evaluation.error and "pulumi destroy" in evaluation.error
     assert evaluation.resources == []
 
 

@@ -1,39 +1,22 @@
-"""Host preflight: one fake-host test per failure, plus gathering facts on this real machine."""
+"""Host preflight: one fake-host test per failure; the facts themselves are tests/test_host_facts.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
-import time
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from components import identity
 from components import preflight as pf
-from components.config import ClusterConfig, load
-from components.preflight import HostFacts, HostRoute, LibvirtNetwork, PreflightError, PreflightProblem
-from tests.harness import make_ssh_key
+from components.config import BASE_VOLUME, ClusterConfig
+from components.host_facts import HostFacts, HostRoute, LibvirtNetwork, StackDomain, StackVolume
+from components.hostkeys import HostKey
+from components.preflight import PreflightError, PreflightProblem
+from tests.conftest import cluster_config
 
 OUTSIDE_POOL = "/data/koa"
-
-
-@pytest.fixture(scope="module")
-def key_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(make_ssh_key(tmp_path_factory.mktemp("ssh")))
-
-
-def make_config(key_path: str, uri: str | None = None, **raw: str) -> ClusterConfig:
-    return load({"sshKeyPath": key_path, **raw}, stack="t", libvirt_uri=uri)
-
-
-@pytest.fixture
-def config(key_path: str) -> ClusterConfig:
-    return make_config(key_path)
 
 
 def healthy(**changes: Any) -> HostFacts:
@@ -46,6 +29,8 @@ def healthy(**changes: Any) -> HostFacts:
         libvirt_error="",
         libvirt_kvm=True,
         libvirt_networks=(LibvirtNetwork("default", "192.168.122.0/24", "virbr0"),),
+        stack_domains=(),  # a first `up`: nothing of this stack exists yet
+        stack_volumes=(),
         mkisofs_path="/usr/bin/mkisofs",
         genisoimage_path="/usr/bin/genisoimage",
         xorrisofs_path=None,
@@ -103,11 +88,21 @@ def test_libvirt_permission_denied_points_at_the_group(config: ClusterConfig) ->
     assert_says(problem, ["Permission denied"], ["usermod -aG libvirt"])
 
 
-def test_virsh_missing_is_unknown_not_a_problem(config: ClusterConfig) -> None:
+def test_virsh_missing_is_a_problem_not_a_pass(config: ClusterConfig) -> None:
+    # Without virsh nothing about libvirt is known; a dead socket must not slip through.
     facts = healthy(
-        virsh_path=None, libvirt_reachable=None, libvirt_error="virsh is not on PATH", libvirt_networks=None
+        virsh_path=None,
+        libvirt_reachable=None,
+        libvirt_error="virsh is not on PATH",
+        libvirt_kvm=None,
+        libvirt_networks=None,
     )
-    assert pf.check(config, facts) == []
+    problem = only(pf.check(config, facts), "libvirt")
+    assert_says(
+        problem,
+        ["virsh is not on PATH", "libvirt:uri qemu:///system"],
+        ["apt-get install libvirt-clients", "dnf install libvirt-client", pf.SKIP_ENV + "=1"],
+    )
 
 
 def test_kvm_missing_with_domain_type_kvm(config: ClusterConfig) -> None:
@@ -123,8 +118,8 @@ def test_kvm_module_not_loaded_says_modprobe(config: ClusterConfig) -> None:
     assert_says(problem, ["CPU flags: svm", "kvm modules loaded: none"], ["modprobe kvm_amd", "domainType to qemu"])
 
 
-def test_kvm_missing_but_domain_type_qemu_is_fine(key_path: str) -> None:
-    qemu = make_config(key_path, domainType="qemu")
+def test_kvm_missing_but_domain_type_qemu_is_fine(ssh_key: Path) -> None:
+    qemu = cluster_config(ssh_key, domainType="qemu")
     assert pf.check(qemu, healthy(kvm_device=False, kvm_accessible=False, cpu_virt_flag="")) == []
 
 
@@ -135,10 +130,10 @@ def test_kvm_without_vmx_or_svm_is_not_hardware_kvm(config: ClusterConfig) -> No
     assert_says(problem, ["lacks vmx/svm", "kvm_pvm"], ["kube-on-air:domainType to qemu"])
 
 
-def test_kvm_not_writable_matters_only_for_session(key_path: str) -> None:
+def test_kvm_not_writable_matters_only_for_session(ssh_key: Path) -> None:
     facts = healthy(kvm_accessible=False)
-    assert pf.check(make_config(key_path), facts) == []  # qemu:///system: libvirtd opens /dev/kvm
-    session = make_config(key_path, uri="qemu:///session")
+    assert pf.check(cluster_config(ssh_key), facts) == []  # qemu:///system: libvirtd opens /dev/kvm
+    session = cluster_config(ssh_key, uri="qemu:///session")
     problem = only(pf.check(session, dataclasses.replace(facts, libvirt_uri="qemu:///session")), "kvm")
     assert_says(problem, ["not readable and writable"], ["usermod -aG kvm"])
 
@@ -153,8 +148,8 @@ def test_mkisofs_missing_but_genisoimage_present_suggests_a_link(config: Cluster
     assert_says(problem, ["found /usr/bin/genisoimage"], ["ln -s /usr/bin/genisoimage /usr/local/bin/mkisofs"])
 
 
-def test_apparmor_denies_pool_outside_libvirt_images(key_path: str) -> None:
-    outside = make_config(key_path, poolPath=OUTSIDE_POOL)
+def test_apparmor_denies_pool_outside_libvirt_images(ssh_key: Path) -> None:
+    outside = cluster_config(ssh_key, poolPath=OUTSIDE_POOL)
     problem = only(pf.check(outside, healthy(apparmor_pool_allowed=False)), "apparmor")
     assert_says(
         problem,
@@ -164,91 +159,30 @@ def test_apparmor_denies_pool_outside_libvirt_images(key_path: str) -> None:
 
 
 @pytest.mark.parametrize(("enabled", "driver"), [(False, ""), (True, "none"), (True, "selinux"), (None, "")])
-def test_apparmor_not_confining_qemu_is_fine(key_path: str, enabled: bool | None, driver: str) -> None:
-    outside = make_config(key_path, poolPath=OUTSIDE_POOL)
+def test_apparmor_not_confining_qemu_is_fine(ssh_key: Path, enabled: bool | None, driver: str) -> None:
+    outside = cluster_config(ssh_key, poolPath=OUTSIDE_POOL)
     facts = healthy(apparmor_enabled=enabled, security_driver=driver, apparmor_pool_allowed=False)
     assert pf.check(outside, facts) == []
 
 
 # The file rules of Debian 12's /etc/apparmor.d/usr.lib.libvirt.virt-aa-helper (libvirt 9.0).
-VIRT_AA_HELPER_RULES = """
-  audit deny @{HOME}/.* mrwkl,
-  audit deny @{HOME}/.*/ rw,
-  audit deny @{HOME}/.*/** mrwkl,
-  @{HOME}/ r,
-  @{HOME}/** r,
-  /var/lib/libvirt/images/ r,
-  /var/lib/libvirt/images/** r,
-  /{media,mnt,opt,srv}/** r,
-  /**.img r,
-  /**.qcow{,2} r,
-  /**.[iI][sS][oO] r,
-  /**/disk{,.*} r,
-"""
-
-
-@pytest.mark.parametrize(
-    ("path", "allowed"),
-    [
-        ("/var/lib/libvirt/images/koa-t/base", True),
-        ("/srv/koa/base", True),
-        ("/home/alice/koa/base", True),
-        ("/data/koa/base.qcow2", True),  # extension rules cover our volume names anywhere
-        ("/data/koa/seed.ISO", True),
-        ("/data/koa/base", False),
-        ("/root/.local/koa/base.qcow2", False),  # the deny rule wins
-    ],
-)
-def test_apparmor_glob_matches_like_apparmor(path: str, allowed: bool) -> None:
-    assert pf.apparmor_allows(VIRT_AA_HELPER_RULES, [path]) is allowed
-
-
-def test_apparmor_pool_fact_reads_the_profile_and_its_local_override(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_path: str
-) -> None:
-    (tmp_path / "apparmor.d" / "local").mkdir(parents=True)
-    profile = tmp_path / "apparmor.d" / "usr.lib.libvirt.virt-aa-helper"
-    profile.write_text("profile virt-aa-helper {\n  /var/lib/libvirt/images/** r,\n}\n")
-    monkeypatch.setattr(pf, "ETC", tmp_path)
-    outside = make_config(key_path, poolPath=OUTSIDE_POOL)
-    assert pf._apparmor_pool_allowed(outside) is False
-    (tmp_path / "apparmor.d" / "local" / "usr.lib.libvirt.virt-aa-helper").write_text(f"{OUTSIDE_POOL}/** r,\n")
-    assert pf._apparmor_pool_allowed(outside) is True
-    profile.unlink()
-    assert pf._apparmor_pool_allowed(outside) is None
-
-
-def test_pool_directory_qemu_cannot_enter(key_path: str) -> None:
-    home = make_config(key_path, poolPath="/root/koa")
+def test_pool_directory_qemu_cannot_enter(ssh_key: Path) -> None:
+    home = cluster_config(ssh_key, poolPath="/root/koa")
     problem = only(pf.check(home, healthy(pool_blocked_dir="/root (mode 0700)")), "pool-permissions")
     assert_says(problem, ["libvirt-qemu", "/root (mode 0700)", "/root/koa"], ["chmod o+x", "kube-on-air:poolPath"])
 
 
-def test_pool_blocked_dir_on_a_real_tree(key_path: str) -> None:
-    # Outside pytest's 0700 tmp root; nobody owns nothing here, so only the "other" bits count for it.
-    with tempfile.TemporaryDirectory() as top:
-        Path(top).chmod(0o711)
-        locked = Path(top) / "locked"
-        (locked / "pool").mkdir(parents=True)
-        locked.chmod(0o700)
-        config = make_config(key_path, poolPath=str(locked / "pool" / "koa"))
-        assert pf._pool_blocked_dir(config, "nobody") == f"{locked} (mode 0700)"
-        locked.chmod(0o711)
-        assert pf._pool_blocked_dir(config, "nobody") == ""
-        assert pf._pool_blocked_dir(config, None) is None
-
-
-def test_session_uri_skips_system_confinement_checks(key_path: str) -> None:
-    session = make_config(key_path, uri="qemu:///session", poolPath=OUTSIDE_POOL)
+def test_session_uri_skips_system_confinement_checks(ssh_key: Path) -> None:
+    session = cluster_config(ssh_key, uri="qemu:///session", poolPath=OUTSIDE_POOL)
     facts = healthy(apparmor_pool_allowed=False, pool_blocked_dir="/root (mode 0700)", selinux_mode="enforcing")
     assert pf.check(session, facts) == []
 
 
-def test_selinux_enforcing_with_pool_outside_libvirt_images(key_path: str) -> None:
-    outside = make_config(key_path, poolPath=OUTSIDE_POOL)
+def test_selinux_enforcing_with_pool_outside_libvirt_images(ssh_key: Path) -> None:
+    outside = cluster_config(ssh_key, poolPath=OUTSIDE_POOL)
     problem = only(pf.check(outside, healthy(selinux_mode="enforcing")), "selinux")
     assert_says(problem, ["SELinux is enforcing", OUTSIDE_POOL], ["semanage fcontext -a -t virt_image_t", "restorecon"])
-    assert pf.check(make_config(key_path), healthy(selinux_mode="enforcing")) == []
+    assert pf.check(cluster_config(ssh_key), healthy(selinux_mode="enforcing")) == []
 
 
 def test_memory_short(config: ClusterConfig) -> None:
@@ -260,6 +194,97 @@ def test_memory_short(config: ClusterConfig) -> None:
 def test_disk_short(config: ClusterConfig) -> None:
     problem = only(pf.check(config, healthy(disk_free_mib=3000)), "disk")
     assert_says(problem, ["/var/lib/libvirt/images has 3000 MiB free", "need about 10240 MiB"], ["poolPath"])
+
+
+def vm(name: str, memory_mib: int, running: bool = True) -> StackDomain:
+    return StackDomain(f"t-{name}", memory_mib, running, (f"{name}-0123456789.qcow2",), "")
+
+
+# What the default cluster (head10 + work11..13) holds after its first `up`.
+CLUSTER_VMS = (vm("head10", 2048), vm("work11", 1536), vm("work12", 1536), vm("work13", 1536))
+CLUSTER_VOLUMES = (
+    StackVolume(BASE_VOLUME, 900),
+    *(StackVolume(f"{n}-0123456789.qcow2", 1800) for n in ("head10", "work11", "work12", "work13")),
+    *(StackVolume(f"{n}-seed-0123456789.iso", 1) for n in ("head10", "work11", "work12", "work13")),
+)
+
+
+def test_a_rerun_counts_the_memory_this_stacks_vms_hold(ssh_key: Path, config: ClusterConfig) -> None:
+    # The first `up` fit 6656 MiB into 7000 MiB; the VMs now use most of it.
+    assert pf.check(config, healthy(mem_available_mib=500, stack_domains=CLUSTER_VMS)) == []
+    # Scale-down 3 -> 1: two more running VMs than the config wants, still fine.
+    one = cluster_config(ssh_key, workerCount="1")
+    assert pf.check(one, healthy(mem_available_mib=0, stack_domains=CLUSTER_VMS)) == []
+    # Scale-up 3 -> 5 needs 2 x 1536 MiB on top of what is held.
+    five = cluster_config(ssh_key, workerCount="5")
+    assert pf.check(five, healthy(mem_available_mib=3072, stack_domains=CLUSTER_VMS)) == []
+    problem = only(pf.check(five, healthy(mem_available_mib=3000, stack_domains=CLUSTER_VMS)), "memory")
+    assert_says(problem, ["3000 MiB", "6 nodes need 9728 MiB", "running VMs hold 6656 MiB already"], ["workerCount"])
+    # Shut-off VMs hold no host memory.
+    stopped = tuple(dataclasses.replace(d, running=False) for d in CLUSTER_VMS)
+    problem = only(pf.check(config, healthy(mem_available_mib=500, stack_domains=stopped)), "memory")
+    assert "hold" not in problem.observed
+
+
+def test_a_rerun_counts_the_disk_this_stacks_volumes_hold(ssh_key: Path, config: ClusterConfig) -> None:
+    # The first `up` fit its 10240 MiB estimate exactly; 8104 MiB of it is now used by its volumes.
+    used = sum(v.allocation_mib for v in CLUSTER_VOLUMES)
+    assert pf.check(config, healthy(disk_free_mib=10240 - used, stack_volumes=CLUSTER_VOLUMES)) == []
+    one = cluster_config(ssh_key, workerCount="1")
+    assert pf.check(one, healthy(disk_free_mib=0, stack_volumes=CLUSTER_VOLUMES)) == []
+    # A volume counts only up to its share of the estimate: full overlays leave no room for new nodes.
+    grown = tuple(dataclasses.replace(v, allocation_mib=9000) for v in CLUSTER_VOLUMES if v.name.endswith(".qcow2"))
+    five = cluster_config(ssh_key, workerCount="5")  # needs 2048 + 6 x 2048
+    assert pf.disk_held_mib(healthy(stack_volumes=grown)) == 2048 + 4 * 2048
+    assert pf.check(five, healthy(disk_free_mib=2 * 2048, stack_volumes=grown)) == []
+    problem = only(pf.check(five, healthy(disk_free_mib=4000, stack_volumes=grown)), "disk")
+    assert_says(problem, ["4000 MiB free", "need about 14336 MiB", "volumes hold 10240 MiB already"], ["workerCount"])
+
+
+HOST_KEY = HostKey(private="", public="ssh-ed25519 AAAAC3Nza head10")
+
+
+def built(config: ClusterConfig, disk: str | None = None, description: str | None = None) -> StackDomain:
+    """The control plane's domain as `config` built it (or with another disk / description)."""
+    cp = config.control_plane
+    made = identity.node_identity(config, cp, HOST_KEY)
+    disk = identity.disk_volume_name(cp, made.generation) if disk is None else disk
+    return StackDomain(cp.libvirt_name, 2048, True, (disk,), made.description if description is None else description)
+
+
+def plan(config: ClusterConfig) -> identity.NodeIdentity:
+    return identity.node_identity(config, config.control_plane, HOST_KEY)
+
+
+def test_a_change_that_would_rebuild_the_control_plane_is_refused(ssh_key: Path, config: ClusterConfig) -> None:
+    running = healthy(stack_domains=(built(config),))
+    assert pf.check(config, running, plan(config)) == []  # a re-run
+    newer = cluster_config(ssh_key, kubernetesVersion="1.35.0")
+    assert pf.check(newer, healthy(), plan(newer)) == []  # a first `up` builds whatever is configured
+    problem = only(pf.check(newer, running, plan(newer)), "control-plane")
+    assert_says(
+        problem,
+        ["t-head10 runs on head10-", "kube-on-air:kubernetesVersion: 1.34.2 -> 1.35.0", "new, empty cluster"],
+        ["undo the change", "`pulumi destroy`, then `pulumi up`"],
+    )
+    rekeyed = identity.node_identity(config, config.control_plane, HostKey("", "ssh-ed25519 BBBB head10"))
+    problem = only(pf.check(config, running, rekeyed), "control-plane")
+    assert_says(problem, ["the cloud-init seed", "hostKeyDir"], ["pulumi destroy"])
+    # Preflight cannot know what the program would build: it does not guess.
+    assert pf.check(newer, running) == []
+
+
+def test_a_control_plane_from_an_earlier_kube_on_air_is_not_rebuilt_silently(config: ClusterConfig) -> None:
+    earlier = healthy(stack_domains=(built(config, disk="head10.qcow2", description=""),))
+    problem = only(pf.check(config, earlier, plan(config)), "control-plane")
+    assert_says(problem, ["head10.qcow2", "earlier kube-on-air"], ["kube-on-air version that built", "pulumi destroy"])
+
+
+def test_workers_are_rebuilt_not_refused(ssh_key: Path, config: ClusterConfig) -> None:
+    newer = cluster_config(ssh_key, kubernetesVersion="1.35.0")
+    old_worker = dataclasses.replace(built(config), name="t-work11", disk_volumes=("work11-0123456789.qcow2",))
+    facts = healthy(stack_domains=(old_worker, built(newer)))
+    assert pf.check(newer, facts, plan(newer)) == []
 
 
 def test_ssh_key_unreadable(config: ClusterConfig) -> None:
@@ -292,8 +317,8 @@ def test_our_own_bridge_route_is_not_a_collision(config: ClusterConfig) -> None:
     assert pf.check(config, facts) == []
 
 
-def test_remote_uri_skips_local_checks(key_path: str) -> None:
-    remote = make_config(key_path, uri="qemu+ssh://admin@kvm1.example/system?keyfile=/k")
+def test_remote_uri_skips_local_checks(ssh_key: Path) -> None:
+    remote = cluster_config(ssh_key, uri="qemu+ssh://admin@kvm1.example/system?keyfile=/k")
     # Every local fact says "broken": none of it describes the remote libvirt host.
     facts = healthy(
         remote=True,
@@ -337,119 +362,3 @@ def test_should_run_honours_the_skip_variable(config: ClusterConfig) -> None:
     assert pf.should_run(config, {})
     assert pf.should_run(config, {pf.SKIP_ENV: "0"})
     assert not pf.should_run(config, {pf.SKIP_ENV: "1"})
-
-
-@pytest.mark.parametrize(
-    ("uri", "remote"),
-    [
-        ("qemu:///system", False),
-        ("qemu:///session", False),
-        ("qemu+unix:///system", False),
-        ("qemu+ssh://root@h/system?keyfile=/k&sshauth=privkey", True),
-        ("qemu+tcp://h/system", True),
-        ("qemu://h/system", True),
-    ],
-)
-def test_uri_locality(uri: str, remote: bool) -> None:
-    assert pf.is_remote_uri(uri) is remote
-
-
-def test_parsers() -> None:
-    route_table = (
-        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
-        "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
-        "koa-air\t00FF1FAC\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
-    )
-    assert pf.parse_proc_net_route(route_table) == (
-        HostRoute("0.0.0.0/0", "eth0"),
-        HostRoute("172.31.255.0/24", "koa-air"),
-    )
-    xml = (
-        "<network><name>lab</name><bridge name='virbr9'/>"
-        "<ip family='ipv6' address='fd00::1' prefix='64'/><ip address='10.9.0.1' prefix='16'/></network>"
-    )
-    assert pf.parse_network_xml(xml) == LibvirtNetwork("lab", "10.9.0.0/16", "virbr9")
-    assert pf.parse_network_xml("<network><name>br</name><forward mode='bridge'/></network>") is None
-
-
-def test_subprocess_timeout_kills_the_whole_group() -> None:
-    # A grandchild holding the pipes (ssh under virsh) must not keep us waiting.
-    started = time.monotonic()
-    code, _, error = pf._run(["sh", "-c", "sleep 30 & sleep 30"], timeout=0.3)
-    assert code is None and "timed out" in error
-    assert time.monotonic() - started < 5
-
-
-# --- this machine -----------------------------------------------------------------------------
-
-
-def assert_concrete_or_unknown(facts: HostFacts) -> None:
-    hints = typing.get_type_hints(HostFacts)
-    for field in dataclasses.fields(HostFacts):
-        value = getattr(facts, field.name)
-        hint = hints[field.name]
-        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        concrete = tuple(typing.get_origin(t) or t for t in allowed if t is not type(None))
-        assert (value is None and type(None) in allowed) or isinstance(value, concrete), (field.name, value)
-
-
-def test_gather_on_this_machine(config: ClusterConfig) -> None:
-    started = time.monotonic()
-    facts = pf.gather_host_facts(config)
-    elapsed = time.monotonic() - started
-    print(f"\ngathered in {elapsed:.3f} s\n{pf.describe(facts)}")
-    assert elapsed < 2 * pf.VIRSH_TIMEOUT_S + 2  # at most two virsh calls, each bounded
-    assert_concrete_or_unknown(facts)
-    assert facts.remote is False
-    assert facts.ssh_key_error is None
-    assert facts.mem_available_mib is not None and facts.mem_available_mib > 0
-    assert facts.disk_probe_path is not None and Path(facts.disk_probe_path).exists()
-    assert facts.host_routes is not None
-    if facts.virsh_path is None:
-        assert facts.libvirt_reachable is None and "virsh" in facts.libvirt_error
-    elif facts.libvirt_reachable is False:
-        assert facts.libvirt_error  # virsh's complaint is kept for the message
-    for problem in pf.check(config, facts):  # whatever this host lacks is worded completely
-        assert problem.check and problem.observed and problem.fix
-
-
-def test_gather_without_any_tools_on_path(config: ClusterConfig, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", "")
-    started = time.monotonic()
-    facts = pf.gather_host_facts(config)
-    assert time.monotonic() - started < 2
-    assert_concrete_or_unknown(facts)
-    assert facts.virsh_path is None and facts.libvirt_reachable is None and "not on PATH" in facts.libvirt_error
-    assert facts.mkisofs_path is None
-    assert "mkisofs" in [p.check for p in pf.check(config, facts)]
-
-
-def test_gather_records_an_unreadable_key(key_path: str, tmp_path: Path) -> None:
-    copy = tmp_path / "id"
-    shutil.copy(key_path, copy)
-    shutil.copy(key_path + ".pub", str(copy) + ".pub")
-    config = make_config(str(copy))
-    os.unlink(copy)
-    facts = pf.gather_host_facts(config)
-    assert facts.ssh_key_error is not None and str(copy) in facts.ssh_key_error
-
-
-def test_gather_for_a_remote_uri_reads_nothing_local(key_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", "")  # no virsh, so no SSH connection is attempted
-    remote = make_config(key_path, uri="qemu+ssh://nobody@kvm1.example/system")
-    facts = pf.gather_host_facts(remote)
-    assert facts.remote is True
-    local = ["kvm_device", "cpu_virt_flag", "apparmor_enabled", "selinux_mode", "mem_available_mib", "host_routes"]
-    assert all(getattr(facts, name) is None for name in local)
-    assert facts.ssh_key_error is None  # the key is on this machine either way
-
-
-@pytest.mark.skipif(shutil.which("virsh") is None, reason="virsh not installed")
-def test_gather_through_real_virsh_with_the_test_driver(key_path: str) -> None:
-    # libvirt's in-process test driver: real virsh, no daemon; it has a 'default' network on 192.168.122.0/24.
-    clashing = make_config(key_path, uri="test:///default", networkCidr="192.168.122.0/24")
-    facts = pf.gather_host_facts(clashing)
-    assert facts.libvirt_reachable is True and facts.libvirt_kvm is False
-    assert facts.libvirt_networks == (LibvirtNetwork("default", "192.168.122.0/24", "virbr0"),)
-    problems = [p for p in pf.check(clashing, facts) if p.check == "network"]
-    assert_says(only(problems, "network"), ["'default'", "192.168.122.0/24"], ["kube-on-air:networkCidr"])

@@ -64,6 +64,13 @@ def test_domains_follow_the_provider_rules(air: Evaluation) -> None:
         assert nic["hostname"] == name and nic["mac"].startswith("52:54:00:")
         assert domain.plain("autostart") is True
         assert domain.plain("consoles")[0]["type"] == "pty"
+        # Declared, so the provider adds no SPICE device (absent from EL9's QEMU); reachable from the host only.
+        assert domain.plain("graphics") == {
+            "type": "vnc",
+            "listenType": "address",
+            "listenAddress": "127.0.0.1",
+            "autoport": True,
+        }
         assert domain.plain("cpu") == {"mode": "host-passthrough"}
     hosts = {h["hostname"]: h["ip"] for h in network.plain("dns")["hosts"]}
     assert hosts == {f"{n}.air.internal": f"172.31.255.{n[-2:]}" for n in domains(air)}
@@ -237,6 +244,58 @@ def test_a_rebuilt_worker_joins_again(ssh_key: Path, air: Evaluation) -> None:
     assert join.plain("triggers") != air.named("work12-kubeadm-join").plain("triggers")
     for other in ("work11", "work13"):
         assert rebuilt.named(f"{other}-kubeadm-join").inputs == air.named(f"{other}-kubeadm-join").inputs
+
+
+# ForceNew arguments of terraform-provider-libvirt v0.8.1 (libvirt/resource_libvirt_{volume,cloud_init,domain}.go)
+# by their Pulumi names; for the domain, the ones this program sets. `cloudinit` is not among them.
+FORCE_NEW = {
+    VOLUME: {"name", "pool", "source", "size", "format", "baseVolumeId"},
+    SEED: {"name", "pool", "userData", "metaData", "networkConfig"},
+    DOMAIN: {"name", "description", "type", "vcpu", "memory", "cpu", "disks", "graphics"},
+}
+
+
+def planned_replacements(before: Evaluation, after: Evaluation) -> set[str]:
+    """The libvirt resources `pulumi preview` from `before` to `after` shows as replaced.
+
+    A replaced resource gets a new id, so an input that depends on it changes too (mock ids never do)."""
+    old = {r.name: r for r in before.resources}
+    replaced: set[str] = set()
+    for resource in after.resources:  # registration order: a dependency comes before its dependents
+        if resource.type not in FORCE_NEW or resource.name not in old:
+            continue
+        keys = set(resource.inputs) | set(old[resource.name].inputs)
+        changed = {k for k in keys if unwrap(resource.inputs.get(k)) != unwrap(old[resource.name].inputs.get(k))}
+        changed |= {
+            key
+            for key, urns in resource.property_dependencies.items()
+            if any(after.by_urn[urn].name in replaced for urn in urns if urn in after.by_urn)
+        }
+        if changed & (FORCE_NEW[resource.type] | set(resource.replace_on_changes)):
+            replaced.add(resource.name)
+    return replaced
+
+
+def test_a_changed_seed_rebuilds_its_nodes_and_nothing_else(ssh_key: Path, air: Evaluation) -> None:
+    # The provider would swap a new seed into the running domain, where cloud-init never reads it again.
+    newer = evaluate("air", air_config(ssh_key, kubernetesVersion="1.34.3"))
+    nodes = sorted(domains(air))
+    assert planned_replacements(air, newer) == {f"{n}-{part}" for n in nodes for part in ("disk", "seed", "vm")}
+    for name in nodes:
+        assert newer.named(f"{name}-vm").replace_on_changes == ["cloudinit"]
+        assert instance_id(newer, name) != instance_id(air, name)
+    # A bigger VM is a new domain on the same disk and seed: a reboot, not a new machine.
+    bigger = evaluate("air", air_config(ssh_key, workerMemoryMiB="2048"))
+    assert planned_replacements(air, bigger) == {"work11-vm", "work12-vm", "work13-vm"}
+    assert {n: instance_id(bigger, n) for n in nodes} == {n: instance_id(air, n) for n in nodes}
+
+
+def instance_id(evaluation: Evaluation, node: str) -> str:
+    """The seed's instance-id, checked against the generation in its disk's name."""
+    meta_data = yaml.safe_load(evaluation.named(f"{node}-seed").plain("metaData"))
+    generation = evaluation.named(f"{node}-disk").plain("name").removeprefix(f"{node}-").removesuffix(".qcow2")
+    assert meta_data["instance-id"] == f"{evaluation.stack}-{node}-{generation}"
+    return str(meta_data["instance-id"])
 
 
 def host_names(evaluation: Evaluation) -> dict[str, set[str]]:

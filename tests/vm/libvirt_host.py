@@ -192,7 +192,7 @@ class KernelBoot:
 
 @dataclass(frozen=True)
 class DomainSpec:
-    """Mirrors pulumi-libvirt's Domain: pc machine, virtio disk + NIC, IDE cdrom seed, pty serial console."""
+    """Mirrors pulumi-libvirt's Domain: pc machine, virtio disk + NIC, IDE cdrom seed, pty serial console, VNC."""
 
     name: str
     domain_type: str  # "kvm" or "qemu"
@@ -246,6 +246,9 @@ class DomainSpec:
         ET.SubElement(serial, "target", port="0")
         console = ET.SubElement(devices, "console", type="pty")
         ET.SubElement(console, "target", type="serial", port="0")
+        # As components/node.py declares it (the provider's own default, SPICE, is missing from EL9's QEMU).
+        graphics = ET.SubElement(devices, "graphics", type="vnc", autoport="yes")
+        ET.SubElement(graphics, "listen", type="address", address="127.0.0.1")
         return ET.tostring(root, encoding="unicode")
 
 

@@ -1,0 +1,287 @@
+"""Host facts: parsers and probes on fake trees, and gathering on this real machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+import types
+import typing
+from pathlib import Path
+
+import pytest
+
+from components import host_facts as hf
+from components import preflight as pf
+from components.config import ClusterConfig
+from components.host_facts import HostFacts, HostRoute, LibvirtNetwork, StackDomain, StackVolume
+from tests.conftest import cluster_config
+from tests.test_preflight import OUTSIDE_POOL, assert_says, only
+
+VIRT_AA_HELPER_RULES = """
+  audit deny @{HOME}/.* mrwkl,
+  audit deny @{HOME}/.*/ rw,
+  audit deny @{HOME}/.*/** mrwkl,
+  @{HOME}/ r,
+  @{HOME}/** r,
+  /var/lib/libvirt/images/ r,
+  /var/lib/libvirt/images/** r,
+  /{media,mnt,opt,srv}/** r,
+  /**.img r,
+  /**.qcow{,2} r,
+  /**.[iI][sS][oO] r,
+  /**/disk{,.*} r,
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/var/lib/libvirt/images/koa-t/base", True),
+        ("/srv/koa/base", True),
+        ("/home/alice/koa/base", True),
+        ("/data/koa/base.qcow2", True),  # extension rules cover our volume names anywhere
+        ("/data/koa/seed.ISO", True),
+        ("/data/koa/base", False),
+        ("/root/.local/koa/base.qcow2", False),  # the deny rule wins
+    ],
+)
+def test_apparmor_glob_matches_like_apparmor(path: str, allowed: bool) -> None:
+    assert hf.apparmor_allows(VIRT_AA_HELPER_RULES, [path]) is allowed
+
+
+def test_apparmor_pool_fact_reads_the_profile_and_its_local_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ssh_key: Path
+) -> None:
+    (tmp_path / "apparmor.d" / "local").mkdir(parents=True)
+    profile = tmp_path / "apparmor.d" / "usr.lib.libvirt.virt-aa-helper"
+    profile.write_text("profile virt-aa-helper {\n  /var/lib/libvirt/images/** r,\n}\n")
+    monkeypatch.setattr(hf, "ETC", tmp_path)
+    outside = cluster_config(ssh_key, poolPath=OUTSIDE_POOL)
+    assert hf._apparmor_pool_allowed(outside) is False
+    (tmp_path / "apparmor.d" / "local" / "usr.lib.libvirt.virt-aa-helper").write_text(f"{OUTSIDE_POOL}/** r,\n")
+    assert hf._apparmor_pool_allowed(outside) is True
+    profile.unlink()
+    assert hf._apparmor_pool_allowed(outside) is None
+
+
+def test_pool_blocked_dir_on_a_real_tree(ssh_key: Path) -> None:
+    # Outside pytest's 0700 tmp root; nobody owns nothing here, so only the "other" bits count for it.
+    with tempfile.TemporaryDirectory() as top:
+        Path(top).chmod(0o711)
+        locked = Path(top) / "locked"
+        (locked / "pool").mkdir(parents=True)
+        locked.chmod(0o700)
+        config = cluster_config(ssh_key, poolPath=str(locked / "pool" / "koa"))
+        assert hf._pool_blocked_dir(config, "nobody") == f"{locked} (mode 0700)"
+        locked.chmod(0o711)
+        assert hf._pool_blocked_dir(config, "nobody") == ""
+        assert hf._pool_blocked_dir(config, None) is None
+
+
+@pytest.mark.parametrize(
+    ("uri", "remote"),
+    [
+        ("qemu:///system", False),
+        ("qemu:///session", False),
+        ("qemu+unix:///system", False),
+        ("qemu+ssh://root@h/system?keyfile=/k&sshauth=privkey", True),
+        ("qemu+tcp://h/system", True),
+        ("qemu://h/system", True),
+    ],
+)
+def test_uri_locality(uri: str, remote: bool) -> None:
+    assert hf.is_remote_uri(uri) is remote
+
+
+def test_parsers() -> None:
+    route_table = (
+        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+        "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+        "koa-air\t00FF1FAC\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+    )
+    assert hf.parse_proc_net_route(route_table) == (
+        HostRoute("0.0.0.0/0", "eth0"),
+        HostRoute("172.31.255.0/24", "koa-air"),
+    )
+    xml = (
+        "<network><name>lab</name><bridge name='virbr9'/>"
+        "<ip family='ipv6' address='fd00::1' prefix='64'/><ip address='10.9.0.1' prefix='16'/></network>"
+    )
+    assert hf.parse_network_xml(xml) == LibvirtNetwork("lab", "10.9.0.0/16", "virbr9")
+    assert hf.parse_network_xml("<network><name>br</name><forward mode='bridge'/></network>") is None
+
+
+def provider_domain_xml(name: str, pool: str, memory: str = "<memory unit='KiB'>2097152</memory>") -> str:
+    """A domain as provider v0.8.1 defines it: volume_id disks by pool and volume, the seed as a cdrom."""
+    return (
+        f"<domain type='kvm'><name>{name}</name>{memory}<devices>"
+        f"<disk type='volume' device='disk'><source pool='{pool}' volume='{name}-0123456789.qcow2'/></disk>"
+        f"<disk type='volume' device='cdrom'><source pool='{pool}' volume='{name}-seed-0123456789.iso'/></disk>"
+        "</devices></domain>"
+    )
+
+
+def test_domain_and_volume_parsers() -> None:
+    ours = hf.parse_domain_xml(provider_domain_xml("head10", "koa-t"), "koa-t", running=["head10"])
+    assert ours == StackDomain("head10", 2048, True, ("head10-0123456789.qcow2",), "")
+    other_stack = provider_domain_xml("head10", "koa-lab", "<memory unit='MiB'>4096</memory>")
+    assert hf.parse_domain_xml(other_stack, "koa-lab", running=[]) == StackDomain(
+        "head10", 4096, False, ("head10-0123456789.qcow2",), ""
+    )
+    assert hf.parse_domain_xml(other_stack, "koa-t", running=["head10"]) is None
+    # `virsh -q vol-list --details` as libvirt 9 prints it.
+    listing = (
+        " base.qcow2         /var/lib/libvirt/images/kube-on-air-t/base.qcow2         file   2.00 GiB    900.00 MiB\n"
+        " head10-abc.qcow2   /var/lib/libvirt/images/kube-on-air-t/head10-abc.qcow2   file   20.00 GiB   1.76 GiB\n"
+        " head10-seed.iso    /var/lib/libvirt/images/kube-on-air-t/head10-seed.iso    file   364.00 KiB  364.00 KiB\n"
+    )
+    assert hf.parse_volume_list(listing) == (
+        StackVolume("base.qcow2", 900),
+        StackVolume("head10-abc.qcow2", 1802),
+        StackVolume("head10-seed.iso", 0),
+    )
+
+
+def test_subprocess_timeout_kills_the_whole_group() -> None:
+    # A grandchild holding the pipes (ssh under virsh) must not keep us waiting.
+    started = time.monotonic()
+    code, _, error = hf._run(["sh", "-c", "sleep 30 & sleep 30"], timeout=0.3)
+    assert code is None and "timed out" in error
+    assert time.monotonic() - started < 5
+
+
+# --- this machine -----------------------------------------------------------------------------
+
+
+def assert_concrete_or_unknown(facts: HostFacts) -> None:
+    hints = typing.get_type_hints(HostFacts)
+    for field in dataclasses.fields(HostFacts):
+        value = getattr(facts, field.name)
+        hint = hints[field.name]
+        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        concrete = tuple(typing.get_origin(t) or t for t in allowed if t is not type(None))
+        assert (value is None and type(None) in allowed) or isinstance(value, concrete), (field.name, value)
+
+
+def test_gather_on_this_machine(config: ClusterConfig) -> None:
+    started = time.monotonic()
+    facts = hf.gather_host_facts(config)
+    elapsed = time.monotonic() - started
+    print(f"\ngathered in {elapsed:.3f} s\n{hf.describe(facts)}")
+    assert elapsed < 2 * hf.VIRSH_TIMEOUT_S + 2  # at most two virsh calls, each bounded
+    assert_concrete_or_unknown(facts)
+    assert facts.remote is False
+    assert facts.ssh_key_error is None
+    assert facts.mem_available_mib is not None and facts.mem_available_mib > 0
+    assert facts.disk_probe_path is not None and Path(facts.disk_probe_path).exists()
+    assert facts.host_routes is not None
+    if facts.virsh_path is None:
+        assert facts.libvirt_reachable is None and "virsh" in facts.libvirt_error
+    elif facts.libvirt_reachable is False:
+        assert facts.libvirt_error  # virsh's complaint is kept for the message
+    for problem in pf.check(config, facts):  # whatever this host lacks is worded completely
+        assert problem.check and problem.observed and problem.fix
+
+
+def test_gather_without_any_tools_on_path(config: ClusterConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    started = time.monotonic()
+    facts = hf.gather_host_facts(config)
+    assert time.monotonic() - started < 2
+    assert_concrete_or_unknown(facts)
+    assert facts.virsh_path is None and facts.libvirt_reachable is None and "not on PATH" in facts.libvirt_error
+    assert facts.mkisofs_path is None
+    checks = [p.check for p in pf.check(config, facts)]
+    assert "libvirt" in checks and "mkisofs" in checks
+
+
+def test_gather_records_an_unreadable_key(ssh_key: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "id"
+    shutil.copy(ssh_key, copy)
+    shutil.copy(f"{ssh_key}.pub", f"{copy}.pub")
+    config = cluster_config(copy)
+    os.unlink(copy)
+    facts = hf.gather_host_facts(config)
+    assert facts.ssh_key_error is not None and str(copy) in facts.ssh_key_error
+
+
+def test_gather_for_a_remote_uri_reads_nothing_local(ssh_key: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")  # no virsh, so no SSH connection is attempted
+    remote = cluster_config(ssh_key, uri="qemu+ssh://nobody@kvm1.example/system")
+    facts = hf.gather_host_facts(remote)
+    assert facts.remote is True
+    local = ["kvm_device", "cpu_virt_flag", "apparmor_enabled", "selinux_mode", "mem_available_mib", "host_routes"]
+    assert all(getattr(facts, name) is None for name in local)
+    assert facts.ssh_key_error is None  # the key is on this machine either way
+
+
+@pytest.mark.skipif(shutil.which("virsh") is None, reason="virsh not installed")
+def test_gather_through_real_virsh_with_the_test_driver(ssh_key: Path) -> None:
+    # libvirt's in-process test driver: real virsh, no daemon; it has a 'default' network on 192.168.122.0/24.
+    clashing = cluster_config(ssh_key, uri="test:///default", networkCidr="192.168.122.0/24")
+    facts = hf.gather_host_facts(clashing)
+    assert facts.libvirt_reachable is True and facts.libvirt_kvm is False
+    assert facts.libvirt_networks == (LibvirtNetwork("default", "192.168.122.0/24", "virbr0"),)
+    problems = [p for p in pf.check(clashing, facts) if p.check == "network"]
+    assert_says(only(problems, "network"), ["'default'", "192.168.122.0/24"], ["kube-on-air:networkCidr"])
+    # A first `up`: the stack's pool does not exist (vol-list fails inside the batch), which is no failure.
+    assert facts.stack_domains == () and facts.stack_volumes == ()
+
+
+# A libvirt host for the test driver after this stack's first `up`, beside another stack's VM.
+TEST_DRIVER_HOST = """<node>
+  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>t-head10</name>
+    <description>{"kube-on-air": "t/head10"}</description>
+    <memory unit='MiB'>2048</memory>
+    <os><type>hvm</type></os>
+    <devices>
+      <disk type='volume' device='disk'><source pool='koa-t' volume='head10-abc.qcow2'/><target dev='vda'/></disk>
+      <disk type='volume' device='cdrom'><source pool='koa-t' volume='head10-seed-abc.iso'/><target dev='hdd'/></disk>
+    </devices>
+  </domain>
+  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>t-work11</name>
+    <memory unit='KiB'>1572864</memory>
+    <os><type>hvm</type></os>
+    <devices>
+      <disk type='volume' device='disk'><source pool='koa-t' volume='work11-abc.qcow2'/><target dev='vda'/></disk>
+    </devices>
+    <test:runstate>5</test:runstate>
+  </domain>
+  <domain type='test'>
+    <name>lab-head10</name>
+    <memory unit='MiB'>4096</memory>
+    <os><type>hvm</type></os>
+    <devices>
+      <disk type='volume' device='disk'><source pool='koa-lab' volume='head10-abc.qcow2'/><target dev='vda'/></disk>
+    </devices>
+  </domain>
+  <pool type='dir'>
+    <name>koa-t</name>
+    <target><path>/var/lib/libvirt/images/kube-on-air-t</path></target>
+    <volume type='file'>
+      <name>base.qcow2</name><capacity unit='GiB'>2</capacity><allocation unit='MiB'>900</allocation>
+    </volume>
+    <volume type='file'>
+      <name>head10-abc.qcow2</name><capacity unit='GiB'>20</capacity><allocation unit='MiB'>1800</allocation>
+    </volume>
+  </pool>
+</node>
+"""
+
+
+@pytest.mark.skipif(shutil.which("virsh") is None, reason="virsh not installed")
+def test_gather_reads_this_stacks_vms_and_volumes_through_real_virsh(ssh_key: Path, tmp_path: Path) -> None:
+    host = tmp_path / "host.xml"
+    host.write_text(TEST_DRIVER_HOST)
+    facts = hf.gather_host_facts(cluster_config(ssh_key, uri=f"test://{host}"))
+    assert facts.libvirt_reachable is True
+    assert sorted(facts.stack_domains or (), key=lambda d: d.name) == [
+        StackDomain("t-head10", 2048, True, ("head10-abc.qcow2",), '{"kube-on-air": "t/head10"}'),
+        StackDomain("t-work11", 1536, False, ("work11-abc.qcow2",), ""),  # shut off
+    ]
+    assert facts.stack_volumes == (StackVolume("base.qcow2", 900), StackVolume("head10-abc.qcow2", 1802))
