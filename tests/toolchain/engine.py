@@ -11,9 +11,11 @@ stack files are never touched. Plugins come only from the toolchain's PULUMI_HOM
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import runpy
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -84,12 +86,31 @@ def preview(stack: str, settings: dict[str, str]) -> Preview:
     return Preview("\n".join(lines), None)
 
 
+def preview_in_child(stack: str, settings: dict[str, str]) -> Preview:
+    """`preview` in a fresh interpreter: the SDK's runtime state never carries over between runs."""
+    sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.toolchain.engine", "--json", "--stack", stack, *sets],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    return Preview(outcome["output"], outcome["error"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--stack", default="air")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config on top of the stack")
+    parser.add_argument("--json", action="store_true", help="print the outcome as one JSON document")
     args = parser.parse_args(argv)
     result = preview(args.stack, dict(item.split("=", 1) for item in args.set))
+    if args.json:
+        print(json.dumps({"output": result.output, "error": result.error}))
+        return 0
     print(result.output)
     if result.error is not None:
         print(f"[engine] preview failed: {result.error.strip().splitlines()[-1]}", file=sys.stderr)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.toolchain import build
-from tests.toolchain.engine import Preview, preview
+from tests.toolchain.engine import Preview, preview_in_child
 from tests.vm import libvirt_host as lh
 
 pytestmark = pytest.mark.toolchain
@@ -46,7 +46,7 @@ def missing_plugins(result: Preview) -> set[str]:
 def test_the_engine_runs_the_program_up_to_the_providers(
     libvirtd: None, ssh_key: Path, tmp_path: Path, unavailable_plugins: set[str]
 ) -> None:
-    result = preview("air", {"domainType": "qemu", "sshKeyPath": str(ssh_key), "hostKeyDir": str(tmp_path)})
+    result = preview_in_child("air", {"domainType": "qemu", "sshKeyPath": str(ssh_key), "hostKeyDir": str(tmp_path)})
     assert "kube-on-air:cluster:Cluster kube-on-air" in result.output, result.output
     assert (tmp_path / "known_hosts").exists()  # host keys were made under the real engine
     if result.error is None:
@@ -61,13 +61,13 @@ def test_the_engine_runs_the_program_up_to_the_providers(
 
 def test_pulumi_yaml_types_are_enforced_by_the_engine(ssh_key: Path) -> None:
     """The mock runtime never sees this: the engine refuses a non-integer before the program runs."""
-    result = preview("lab", {"workerCount": "many", "sshKeyPath": str(ssh_key)})
+    result = preview_in_child("lab", {"workerCount": "many", "sshKeyPath": str(ssh_key)})
     assert result.error is not None
     assert "kube-on-air:workerCount' must be of type 'integer'" in result.error
 
 
 def test_a_config_mistake_stops_before_any_resource(ssh_key: Path) -> None:
-    result = preview("lab", {"networkCidr": "10.77.0.0/33", "sshKeyPath": str(ssh_key)})
+    result = preview_in_child("lab", {"networkCidr": "10.77.0.0/33", "sshKeyPath": str(ssh_key)})
     assert result.error is not None
     assert "networkCidr" in result.output and "10.77.0.0/33" in result.output, result.output
     assert "kube-on-air:cluster:Cluster" not in result.output  # nothing registered
