@@ -19,7 +19,12 @@ export PULUMI_BACKEND_URL := file://$(STATE_DIR)
 export PULUMI_CONFIG_PASSPHRASE_FILE := $(PASSPHRASE_FILE)
 export PULUMI_SKIP_UPDATE_CHECK := true
 
-.PHONY: help up preview destroy clean ls kubeconfig test test-vm lint render bench image deps dev-deps pulumi-cli stack
+# What `make test` runs outside the venv, as CHECK=Debian package (see tools/system-deps.sh).
+TEST_SYSTEM_DEPS := py:ensurepip=python3-venv ssh-keygen=openssh-client cloud-init=cloud-init virsh=libvirt-clients
+
+.PHONY: help up preview destroy clean ls kubeconfig test test-deps test-vm lint render bench image deps dev-deps pulumi-cli stack
+# Prerequisites run in the order written: the system tool check before anything is installed.
+.NOTPARALLEL:
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -76,8 +81,11 @@ lint: dev-deps ## ruff and mypy (strict) against the SDK types
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy __main__.py components tests
 
-test: lint ## lint, type-check, then all tests except the VM boot
+test: test-deps lint ## lint, type-check, then all tests except the VM boot
 	$(PY) -m pytest -q
+
+test-deps: ## install the system tools `make test` needs with apt (as root or with sudo -n), or name them and stop
+	@PYTHON=$(PYTHON) tools/system-deps.sh test $(TEST_SYSTEM_DEPS)
 
 test-vm: dev-deps ## boot a real node VM from the program's own cloud-init (slow)
 	$(PY) -m pytest -q -m vm tests/vm
