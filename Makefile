@@ -12,17 +12,30 @@ PY := $(VENV)/bin/python
 STATE_DIR := $(CURDIR)/.pulumi-state
 PASSPHRASE_FILE := $(STATE_DIR)/passphrase
 SSH_KEY ?= $(HOME)/.ssh/kube-on-air_ed25519
-PULUMI_BIN := $(HOME)/.pulumi/bin
-export PATH := $(PULUMI_BIN):$(PATH)
 # Local file backend and a generated passphrase: no Pulumi account needed.
 export PULUMI_BACKEND_URL := file://$(STATE_DIR)
 export PULUMI_CONFIG_PASSPHRASE_FILE := $(PASSPHRASE_FILE)
 export PULUMI_SKIP_UPDATE_CHECK := true
+PULUMI_ENV := PULUMI_BACKEND_URL PULUMI_CONFIG_PASSPHRASE_FILE PULUMI_SKIP_UPDATE_CHECK
+# A built toolchain (pulumi + provider plugins, for offline hosts) wins over ~/.pulumi.
+TOOLCHAIN_DIR ?= $(HOME)/.cache/kube-on-air/toolchain/current
+ifneq ($(wildcard $(TOOLCHAIN_DIR)/bin/pulumi),)
+PULUMI_BIN := $(TOOLCHAIN_DIR)/bin
+export PULUMI_HOME := $(TOOLCHAIN_DIR)/pulumi-home
+export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION := true
+PULUMI_ENV += PULUMI_HOME PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION
+else
+PULUMI_BIN := $(HOME)/.pulumi/bin
+endif
+export PATH := $(PULUMI_BIN):$(PATH)
+PULUMI_UNREACHABLE := no pulumi on PATH and https://get.pulumi.com cannot be reached; \
+  install the Pulumi CLI yourself (https://www.pulumi.com/docs/install/) and put it on PATH, \
+  or on an offline host build it with: make toolchain
 
 # What `make test` runs outside the venv, as CHECK=Debian package (see tools/system-deps.sh).
 TEST_SYSTEM_DEPS := py:ensurepip=python3-venv ssh-keygen=openssh-client cloud-init=cloud-init virsh=libvirt-clients
 
-.PHONY: help up preview destroy clean ls kubeconfig test test-deps test-vm lint render bench image deps dev-deps pulumi-cli stack
+.PHONY: help up preview destroy clean ls kubeconfig env test test-deps test-vm lint render bench image deps dev-deps pulumi-cli stack
 # Prerequisites run in the order written: the system tool check before anything is installed.
 .NOTPARALLEL:
 
@@ -42,8 +55,10 @@ $(VENV)/.dev-deps: requirements-dev.txt $(VENV)/.deps
 deps: $(VENV)/.deps
 dev-deps: $(VENV)/.dev-deps
 
-pulumi-cli: ## install the Pulumi CLI into ~/.pulumi if it is missing
-	@command -v pulumi >/dev/null || curl -fsSL https://get.pulumi.com | sh
+pulumi-cli: ## install the Pulumi CLI into ~/.pulumi unless a pulumi is on PATH or in TOOLCHAIN_DIR
+	@command -v pulumi >/dev/null || { \
+	  installer=$$(curl -fsSL --connect-timeout 15 https://get.pulumi.com 2>/dev/null) && sh -c "$$installer"; \
+	} || { echo '$(PULUMI_UNREACHABLE)' >&2; exit 1; }
 
 $(PASSPHRASE_FILE):
 	mkdir -p $(STATE_DIR)
@@ -53,8 +68,12 @@ $(SSH_KEY):
 	mkdir -p $(dir $@)
 	ssh-keygen -q -t ed25519 -N '' -C kube-on-air -f $@
 
-stack: deps pulumi-cli $(PASSPHRASE_FILE) $(SSH_KEY)
+stack: deps pulumi-cli $(PASSPHRASE_FILE) $(SSH_KEY) ## create or select STACK (then `pulumi config set` works)
 	pulumi stack select --create $(STACK)
+
+env: ## export lines for your shell, so pulumi there is make's: eval "$(make -s env)"
+	@for name in $(PULUMI_ENV); do printf 'export %s=%q\n' "$$name" "$${!name}"; done
+	@printf 'export PATH=%q:"$$PATH"\n' '$(PULUMI_BIN)'
 
 up: stack ## set everything up and run `pulumi up` on STACK (default air)
 	pulumi up --stack $(STACK) $(ARGS)

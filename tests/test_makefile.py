@@ -1,5 +1,5 @@
 """The README's commands: `make test` installs or names its system tools, `make up` sets up a local
-backend, a passphrase and a key, then runs Pulumi.
+backend, a passphrase and a key, then runs Pulumi; `make env` gives your shell the same setup.
 
 The Pulumi CLI cannot be installed here, so a stand-in `pulumi` on PATH records how it is called.
 """
@@ -30,6 +30,7 @@ if [[ -n ${STAND_IN_PULUMI_FAILS:-} ]]; then echo "error: $STAND_IN_PULUMI_FAILS
 if [[ "$*" == *"--show-secrets kubeconfig"* ]]; then echo "apiVersion: v1  # stand-in kubeconfig"; fi
 """
 SUCCEEDS = "#!/bin/sh\nexit 0\n"
+CURL_OFFLINE = "#!/bin/sh\necho 'curl: (6) Could not resolve host: get.pulumi.com' >&2\nexit 6\n"
 MAKE = shutil.which("make") or "make"  # by path: some tests run make with a PATH that lacks it
 
 
@@ -113,6 +114,52 @@ def test_seed_targets_map_to_pulumi(tmp_path: Path, cleanup_build: Path) -> None
     assert written.read_text().startswith("apiVersion: v1")
     assert stat.S_IMODE(written.stat().st_mode) == 0o600, "the admin kubeconfig is a secret"
     assert f"export KUBECONFIG={written}" in done.stdout
+
+
+def test_make_env_gives_your_shell_the_pulumi_setup_of_make(tmp_path: Path) -> None:
+    make(tmp_path, "stack")
+    made_by_make = calls(tmp_path)[1]
+    variables = " ".join(make_variables(tmp_path))
+    # As the README says: eval the exports in your shell, then run pulumi there (the stand-in is not on PATH).
+    script = f'eval "$(make -s env {variables})" && pulumi config set --stack {STACK} kube-on-air:workerCount 2'
+    env = make_env(tmp_path)
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert calls(tmp_path)[-2:] == [f"call: config set --stack {STACK} kube-on-air:workerCount 2", made_by_make]
+
+
+def test_a_built_toolchain_supplies_pulumi_and_its_plugins(tmp_path: Path) -> None:
+    versioned = tmp_path / "toolchain" / "v3.200.0"
+    stand_in(versioned / "bin", "pulumi", STAND_IN_PULUMI)
+    (versioned / "pulumi-home").mkdir()
+    current = tmp_path / "toolchain" / "current"
+    current.symlink_to(versioned)
+    done = run_make(tmp_path, "up", TOOLCHAIN_DIR=str(current), PULUMI_BIN=None)
+    assert done.returncode == 0, done.stderr
+    line = env_line(tmp_path, current / "bin" / "pulumi", home=str(current / "pulumi-home"), no_plugin_download="true")
+    assert calls(tmp_path) == [f"call: stack select --create {STACK}", line, f"call: up --stack {STACK}", line]
+    exports = run_make(tmp_path, "-s", "env", TOOLCHAIN_DIR=str(current), PULUMI_BIN=None).stdout
+    assert f"export PULUMI_HOME={current / 'pulumi-home'}" in exports.splitlines()
+    assert f'export PATH={current / "bin"}:"$PATH"' in exports.splitlines()
+
+
+def test_make_up_offline_without_pulumi_says_what_to_do(tmp_path: Path) -> None:
+    unreachable = stand_in(tmp_path / "offline", "curl", CURL_OFFLINE)
+    dirs = [d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "pulumi").exists()]
+    env = make_env(tmp_path) | {"PATH": os.pathsep.join([str(unreachable.parent), *dirs])}
+    done = run_make(tmp_path, "up", env=env, PULUMI_BIN=str(tmp_path / "empty"))
+    assert done.returncode != 0 and calls(tmp_path) == []
+    ours, makes = done.stderr.splitlines()[-2:]
+    assert "get.pulumi.com cannot be reached" in ours and "install the Pulumi CLI yourself" in ours
+    assert "make toolchain" in ours
+    assert makes.startswith("make: *** [") and "pulumi-cli" in makes
+    assert "Could not resolve host" not in done.stderr
+
+
+def test_help_lists_every_target() -> None:
+    listed = subprocess.run([MAKE, "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    targets = {line.split()[1] for line in listed.splitlines()}
+    assert {"up", "test", "test-deps", "stack", "env", "kubeconfig", "render", "bench"} <= targets
 
 
 # ---- `make test`'s dependency step ------------------------------------------------------------
