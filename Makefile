@@ -92,7 +92,10 @@ ls: ## nodes, addresses and SSH commands of STACK (the seed's `make ls`)
 
 kubeconfig: ## write the admin kubeconfig of STACK to build/STACK/kubeconfig (mode 0600)
 	mkdir -p build/$(STACK)
-	umask 077 && pulumi stack output --stack $(STACK) --show-secrets kubeconfig > build/$(STACK)/kubeconfig
+	@# Written beside the target (mktemp: mode 0600) and renamed only once read: a failure keeps the old one.
+	tmp=$$(mktemp build/$(STACK)/.kubeconfig.XXXXXX) && trap 'rm -f "$$tmp"' EXIT && \
+	  pulumi stack output --stack $(STACK) --show-secrets kubeconfig > "$$tmp" && test -s "$$tmp" && \
+	  mv "$$tmp" build/$(STACK)/kubeconfig
 	@echo "export KUBECONFIG=$(CURDIR)/build/$(STACK)/kubeconfig"
 
 lint: dev-deps ## ruff and mypy (strict) against the SDK types

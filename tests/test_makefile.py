@@ -116,6 +116,19 @@ def test_seed_targets_map_to_pulumi(tmp_path: Path, cleanup_build: Path) -> None
     assert f"export KUBECONFIG={written}" in done.stdout
 
 
+def test_kubeconfig_is_replaced_only_by_a_complete_one(tmp_path: Path, cleanup_build: Path) -> None:
+    env = make_env(tmp_path) | {"STAND_IN_PULUMI_FAILS": "no stack named 'koa-make-test' found"}
+    failed = run_make(tmp_path, "kubeconfig", env=env)
+    assert failed.returncode != 0 and "no stack named" in failed.stderr
+    assert list(cleanup_build.iterdir()) == [], "no empty kubeconfig, no temporary file"
+
+    make(tmp_path, "kubeconfig")
+    good = (cleanup_build / "kubeconfig").read_text()
+    assert run_make(tmp_path, "kubeconfig", env=env).returncode != 0
+    assert [p.name for p in cleanup_build.iterdir()] == ["kubeconfig"]
+    assert (cleanup_build / "kubeconfig").read_text() == good, "a failed read must keep the working kubeconfig"
+
+
 def test_make_env_gives_your_shell_the_pulumi_setup_of_make(tmp_path: Path) -> None:
     make(tmp_path, "stack")
     made_by_make = calls(tmp_path)[1]
