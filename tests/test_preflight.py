@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -17,7 +18,7 @@ import pytest
 from components import preflight as pf
 from components.config import ClusterConfig, load
 from components.preflight import HostFacts, HostRoute, LibvirtNetwork, PreflightError, PreflightProblem
-from tests.harness import make_ssh_key
+from tests.harness import ROOT, make_ssh_key
 
 OUTSIDE_POOL = "/data/koa"
 LOCAL_QEMU_ABSTRACTION = "/etc/apparmor.d/local/abstractions/libvirt-qemu"  # read by every VM's profile
@@ -454,3 +455,12 @@ def test_gather_through_real_virsh_with_the_test_driver(key_path: str) -> None:
     assert facts.libvirt_networks == (LibvirtNetwork("default", "192.168.122.0/24", "virbr0"),)
     problems = [p for p in pf.check(clashing, facts) if p.check == "network"]
     assert_says(only(problems, "network"), ["'default'", "192.168.122.0/24"], ["kube-on-air:networkCidr"])
+
+
+def test_readme_gives_the_apparmor_fix_the_preflight_gives(key_path: str) -> None:
+    outside = make_config(key_path, poolPath=OUTSIDE_POOL)
+    fix = only(pf.check(outside, healthy(apparmor_pool_allowed=False)), "apparmor").fix
+    readme = (ROOT / "README.md").read_text()
+    profiles = re.compile(r"/etc/apparmor\.d/[\w./-]+\w")
+    assert set(profiles.findall(fix)) == set(profiles.findall(readme)) == {LOCAL_QEMU_ABSTRACTION}
+    assert '/**" rwk,` in' in fix and f"/**\" rwk,' | sudo tee -a {LOCAL_QEMU_ABSTRACTION}" in readme
