@@ -12,14 +12,32 @@ PY := $(VENV)/bin/python
 STATE_DIR := $(CURDIR)/.pulumi-state
 PASSPHRASE_FILE := $(STATE_DIR)/passphrase
 SSH_KEY ?= $(HOME)/.ssh/kube-on-air_ed25519
-PULUMI_BIN := $(HOME)/.pulumi/bin
-export PATH := $(PULUMI_BIN):$(PATH)
 # Local file backend and a generated passphrase: no Pulumi account needed.
 export PULUMI_BACKEND_URL := file://$(STATE_DIR)
 export PULUMI_CONFIG_PASSPHRASE_FILE := $(PASSPHRASE_FILE)
 export PULUMI_SKIP_UPDATE_CHECK := true
+PULUMI_ENV := PULUMI_BACKEND_URL PULUMI_CONFIG_PASSPHRASE_FILE PULUMI_SKIP_UPDATE_CHECK
+# A built toolchain (pulumi + provider plugins, for offline hosts) wins over ~/.pulumi.
+TOOLCHAIN_DIR ?= $(HOME)/.cache/kube-on-air/toolchain/current
+ifneq ($(wildcard $(TOOLCHAIN_DIR)/bin/pulumi),)
+PULUMI_BIN := $(TOOLCHAIN_DIR)/bin
+export PULUMI_HOME := $(TOOLCHAIN_DIR)/pulumi-home
+export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION := true
+PULUMI_ENV += PULUMI_HOME PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION
+else
+PULUMI_BIN := $(HOME)/.pulumi/bin
+endif
+export PATH := $(PULUMI_BIN):$(PATH)
+PULUMI_UNREACHABLE := no pulumi on PATH and https://get.pulumi.com cannot be reached; \
+  install the Pulumi CLI yourself (https://www.pulumi.com/docs/install/) and put it on PATH, \
+  or on an offline host build it with: make toolchain
 
-.PHONY: help up preview destroy clean ls kubeconfig test test-vm lint render bench image deps dev-deps pulumi-cli stack toolchain test-toolchain
+# What `make test` runs outside the venv, as CHECK=Debian package (see tests/system-deps.sh).
+TEST_SYSTEM_DEPS := py:ensurepip=python3-venv ssh-keygen=openssh-client cloud-init=cloud-init virsh=libvirt-clients
+
+.PHONY: help up preview destroy clean ls kubeconfig env test test-deps test-vm lint render bench image deps dev-deps pulumi-cli stack toolchain test-toolchain
+# Prerequisites run in the order written: the system tool check before anything is installed.
+.NOTPARALLEL:
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,8 +55,10 @@ $(VENV)/.dev-deps: requirements-dev.txt $(VENV)/.deps
 deps: $(VENV)/.deps
 dev-deps: $(VENV)/.dev-deps
 
-pulumi-cli: ## install the Pulumi CLI into ~/.pulumi if it is missing
-	@command -v pulumi >/dev/null || curl -fsSL https://get.pulumi.com | sh
+pulumi-cli: ## install the Pulumi CLI into ~/.pulumi unless a pulumi is on PATH or in TOOLCHAIN_DIR
+	@command -v pulumi >/dev/null || { \
+	  installer=$$(curl -fsSL --connect-timeout 15 https://get.pulumi.com 2>/dev/null) && sh -c "$$installer"; \
+	} || { echo '$(PULUMI_UNREACHABLE)' >&2; exit 1; }
 
 $(PASSPHRASE_FILE):
 	mkdir -p $(STATE_DIR)
@@ -48,8 +68,12 @@ $(SSH_KEY):
 	mkdir -p $(dir $@)
 	ssh-keygen -q -t ed25519 -N '' -C kube-on-air -f $@
 
-stack: deps pulumi-cli $(PASSPHRASE_FILE) $(SSH_KEY)
+stack: deps pulumi-cli $(PASSPHRASE_FILE) $(SSH_KEY) ## create or select STACK (then `pulumi config set` works)
 	pulumi stack select --create $(STACK)
+
+env: ## export lines for your shell, so pulumi there is make's: eval "$(make -s env)"
+	@for name in $(PULUMI_ENV); do printf 'export %s=%q\n' "$$name" "$${!name}"; done
+	@printf 'export PATH=%q:"$$PATH"\n' '$(PULUMI_BIN)'
 
 up: stack ## set everything up and run `pulumi up` on STACK (default air)
 	pulumi up --stack $(STACK) $(ARGS)
@@ -68,7 +92,10 @@ ls: ## nodes, addresses and SSH commands of STACK (the seed's `make ls`)
 
 kubeconfig: ## write the admin kubeconfig of STACK to build/STACK/kubeconfig (mode 0600)
 	mkdir -p build/$(STACK)
-	umask 077 && pulumi stack output --stack $(STACK) --show-secrets kubeconfig > build/$(STACK)/kubeconfig
+	@# Written beside the target (mktemp: mode 0600) and renamed only once read: a failure keeps the old one.
+	tmp=$$(mktemp build/$(STACK)/.kubeconfig.XXXXXX) && trap 'rm -f "$$tmp"' EXIT && \
+	  pulumi stack output --stack $(STACK) --show-secrets kubeconfig > "$$tmp" && test -s "$$tmp" && \
+	  mv "$$tmp" build/$(STACK)/kubeconfig
 	@echo "export KUBECONFIG=$(CURDIR)/build/$(STACK)/kubeconfig"
 
 lint: dev-deps ## ruff and mypy (strict) against the SDK types
@@ -76,8 +103,11 @@ lint: dev-deps ## ruff and mypy (strict) against the SDK types
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy __main__.py components tests
 
-test: lint ## lint, type-check, then all tests except the VM boot
+test: test-deps lint ## lint, type-check, then all tests except the VM boot
 	$(PY) -m pytest -q
+
+test-deps: ## install the system tools `make test` needs with apt (as root or with sudo -n), or name them and stop
+	@PYTHON=$(PYTHON) tests/system-deps.sh test $(TEST_SYSTEM_DEPS)
 
 test-vm: dev-deps ## boot a real node VM from the program's own cloud-init (slow)
 	$(PY) -m pytest -q -m vm tests/vm
@@ -86,15 +116,17 @@ render: dev-deps $(SSH_KEY) ## write every artifact of STACK into build/STACK (n
 	$(PY) -m tests.render --stack $(STACK)
 
 K8S_VERSION = $(shell awk '/kube-on-air:kubernetesVersion:/ {print $$2}' Pulumi.$(STACK).yaml)
-image: ## node image with containerd, the pinned Kubernetes packages and control-plane images (needs pkgs.k8s.io)
-	sudo KOA_KUBERNETES_VERSION=$(K8S_VERSION) KOA_IMAGE_OUT=$(CURDIR)/build/node-image.qcow2 tests/vm/build-image.sh
+# With a built toolchain the node image is made offline from it; otherwise from pkgs.k8s.io and registry.k8s.io.
+IMAGE_SOURCE := $(if $(wildcard $(TOOLCHAIN_DIR)/pieces/images/images.txt),KOA_TOOLCHAIN=$(TOOLCHAIN_DIR))
+image: ## node image with containerd, the pinned Kubernetes binaries and every kubeadm image (toolchain or pkgs.k8s.io)
+	sudo KOA_KUBERNETES_VERSION=$(K8S_VERSION) $(IMAGE_SOURCE) KOA_IMAGE_OUT=$(CURDIR)/build/node-image.qcow2 tests/vm/build-image.sh
 	@echo "pulumi config set --stack $(STACK) kube-on-air:imageSource $(CURDIR)/build/node-image.qcow2"
 	@echo "pulumi config set --stack $(STACK) kube-on-air:prebaked true"
 
 bench: dev-deps $(SSH_KEY) ## evaluation time and dependency chain for 1+3, 1+30, 1+100 workers
 	$(PY) -m tests.bench
 
-toolchain: deps ## build the Pulumi CLI, provider plugins and Kubernetes from the Go module proxy (hours cold, cached)
+toolchain: deps ## build the Pulumi CLI, provider plugins, Kubernetes and its images from the Go module proxy (cached)
 	$(PY) -m tests.toolchain.build
 
 test-toolchain: dev-deps ## the built kubeadm validates every rendered config; pulumi and plugins at the pinned versions

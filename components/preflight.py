@@ -180,9 +180,9 @@ def _check_apparmor(config: ClusterConfig, facts: HostFacts) -> list[PreflightPr
             "apparmor",
             f"AppArmor confines QEMU (security_driver {facts.security_driver or 'default'}) and virt-aa-helper's "
             f"profile does not allow {pool}/*, so the domains fail with 'Permission denied'",
-            f"set {_key('poolPath')} under {LIBVIRT_IMAGES}/, or add `{pool}/** r,` to "
-            "/etc/apparmor.d/local/usr.lib.libvirt.virt-aa-helper and reload it with "
-            "`sudo apparmor_parser -r /etc/apparmor.d/usr.lib.libvirt.virt-aa-helper`",
+            f"set {_key('poolPath')} under {LIBVIRT_IMAGES}/ (Debian's and Ubuntu's virt-aa-helper profile denies "
+            "hidden directories in home directories, and no local rule lifts a deny); QEMU itself needs "
+            '`"<poolPath>/**" rwk,` in /etc/apparmor.d/local/abstractions/libvirt-qemu on any AppArmor host (README)',
         )
     ]
 

@@ -170,6 +170,15 @@ def make_ssh_key(directory: Path) -> Path:
     return key
 
 
+def stand_in(directory: Path, name: str, script: str) -> Path:
+    """An executable `name` in `directory` (created if needed) that runs `script`: a fake tool for PATH."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(script)
+    path.chmod(0o755)
+    return path
+
+
 def stack_config(stack: str) -> dict[str, str]:
     """Config of Pulumi.<stack>.yaml as the engine would pass it (structured values as JSON)."""
     import yaml

@@ -2,7 +2,7 @@
 
 Usage: python -m tests.render [--stack air] [--out build] [--set key=value ...]
 Writes build/<stack>/: summary.json, nodes/<node>/{user-data,meta-data,network-config},
-kubeadm/*.yaml, scripts/*.sh, manifests/*.yaml, graph.dot (+ graph.svg when graphviz is installed).
+kubeadm/*.yaml, scripts/*.sh, manifests/*.yaml, graph.dot and graph.svg (says so when graphviz is missing).
 """
 
 from __future__ import annotations
@@ -83,19 +83,21 @@ def dependency_graph(evaluation: Evaluation) -> dict[str, set[str]]:
 
 
 def longest_chain(graph: dict[str, set[str]]) -> list[str]:
+    """The longest dependency chain; of equally long ones, the one ending in the URN that sorts first, and so
+    on back along the chain, so the same graph always gives the same chain (sets iterate in hash order)."""
     memo: dict[str, list[str]] = {}
 
     def chain(urn: str) -> list[str]:
         if urn not in memo:
             best: list[str] = []
-            for dep in graph.get(urn, set()):
+            for dep in sorted(graph.get(urn, set())):
                 candidate = chain(dep)
                 if len(candidate) > len(best):
                     best = candidate
             memo[urn] = [*best, urn]
         return memo[urn]
 
-    return max((chain(urn) for urn in graph), key=len, default=[])
+    return max((chain(urn) for urn in sorted(graph)), key=len, default=[])
 
 
 def short(urn: str) -> str:
@@ -260,6 +262,12 @@ def main(argv: list[str]) -> int:
         print(f"  {count:4d}  {type_}")
     chain = report["longest_chain"]
     print(f"longest dependency chain ({len(chain)} resources): {' -> '.join(chain)}")
+    if not (out / "graph.svg").exists():
+        print(
+            f"graph.svg not written: graphviz's `dot` is not on PATH ({out / 'graph.dot'} is); "
+            "install it with: sudo apt-get install graphviz",
+            file=sys.stderr,
+        )
     return 0
 
 

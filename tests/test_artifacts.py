@@ -10,7 +10,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests import bench
-from tests.render import config_with, render_stack
+from tests import bench, render
+from tests.render import config_with, longest_chain, render_stack
 from tests.validators import (
     Report,
     StackFacts,
@@ -383,3 +384,32 @@ def test_longest_chain_is_the_same_for_3_and_30_workers(ssh_key: Path) -> None:
         small, large = pool.map(lambda n: bench.measure(n, ssh_key), (3, 30))
     assert large.resources > small.resources
     assert small.chain_length == large.chain_length, f"{small.chain}\nvs\n{large.chain}"
+
+
+class BackwardsSet(set[str]):
+    """Iterates from the largest element down, as a set may under another PYTHONHASHSEED."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(set.__iter__(self), reverse=True))
+
+
+def test_longest_chain_is_the_same_whatever_order_the_graph_iterates_in() -> None:
+    # Three chains of three: a1 -> a2 -> top and b1 -> b2 -> top tie, and x1 -> x2 -> x3 ties with both.
+    edges = {"top": {"a2", "b2"}, "a2": {"a1"}, "b2": {"b1"}, "a1": set(), "b1": set()}
+    edges |= {"x3": {"x2"}, "x2": {"x1"}, "x1": set()}
+    for keys in (sorted(edges), sorted(edges, reverse=True)):
+        for set_type in (set, BackwardsSet):
+            graph: dict[str, set[str]] = {key: set_type(edges[key]) for key in keys}
+            assert longest_chain(graph) == ["a1", "a2", "top"], "ties go to the URN that sorts first"
+
+
+def test_render_says_when_graphviz_is_missing(
+    tmp_path: Path, ssh_key: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    no_dot = tmp_path / "bin"
+    no_dot.mkdir()
+    (no_dot / "ssh-keygen").symlink_to(shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen")  # for the host keys
+    monkeypatch.setenv("PATH", str(no_dot))
+    assert render.main(["--stack", "air", "--out", str(tmp_path / "out"), "--set", f"sshKeyPath={ssh_key}"]) == 0
+    assert "graph.svg not written: graphviz's `dot` is not on PATH" in capsys.readouterr().err
+    assert (tmp_path / "out" / "air" / "graph.dot").exists() and not (tmp_path / "out" / "air" / "graph.svg").exists()

@@ -1,71 +1,98 @@
-"""The README's first command: `make up` sets up a local backend, a passphrase and a key, then runs Pulumi.
+"""The README's commands: `make test` installs or names its system tools, `make up` sets up a local
+backend, a passphrase and a key, then runs Pulumi; `make env` gives your shell the same setup.
 
-The Pulumi CLI cannot be installed here, so a stand-in `pulumi` on PATH records how make calls it.
+The Pulumi CLI cannot be installed here, so a stand-in `pulumi` on PATH records how it is called.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT
+from tests.harness import ROOT, stand_in
 
 STACK = "koa-make-test"  # not air: `make kubeconfig` writes build/<stack>/
 STAND_IN_PULUMI = """#!/bin/bash
 {
   printf 'call: %s\\n' "$*"
-  printf '  backend=%s passphrase_file=%s skip_update_check=%s\\n' \\
-    "${PULUMI_BACKEND_URL:-}" "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" "${PULUMI_SKIP_UPDATE_CHECK:-}"
+  printf '  exe=%s backend=%s passphrase_file=%s skip_update_check=%s home=%s no_plugin_download=%s\\n' "$0" \\
+    "${PULUMI_BACKEND_URL:-}" "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" "${PULUMI_SKIP_UPDATE_CHECK:-}" \\
+    "${PULUMI_HOME:-}" "${PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION:-}"
 } >> "$PULUMI_CALLS"
+if [[ -n ${STAND_IN_PULUMI_FAILS:-} ]]; then echo "error: $STAND_IN_PULUMI_FAILS" >&2; exit 255; fi
 if [[ "$*" == *"--show-secrets kubeconfig"* ]]; then echo "apiVersion: v1  # stand-in kubeconfig"; fi
 """
+SUCCEEDS = "#!/bin/sh\nexit 0\n"
+CURL_OFFLINE = "#!/bin/sh\necho 'curl: (6) Could not resolve host: get.pulumi.com' >&2\nexit 6\n"
+MAKE = shutil.which("make") or "make"  # by path: some tests run make with a PATH that lacks it
+
+
+def make_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS", "PULUMI_"))}
+    env["PULUMI_CALLS"] = str(tmp_path / "calls.log")
+    return env
+
+
+def make_variables(tmp_path: Path, **overrides: str | None) -> list[str]:
+    """Everything make would keep in your home or the checkout, moved under tmp_path; None drops one."""
+    variables: dict[str, str | None] = {
+        "STACK": STACK,
+        "STATE_DIR": str(tmp_path / "state"),
+        "SSH_KEY": str(tmp_path / "ssh" / "id_ed25519"),
+        "TOOLCHAIN_DIR": str(tmp_path / "no-toolchain"),
+        "PULUMI_BIN": str(tmp_path / "pulumi-bin"),
+    }
+    return [f"{name}={value}" for name, value in (variables | overrides).items() if value is not None]
+
+
+def run_make(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, **overrides: str | None
+) -> subprocess.CompletedProcess[str]:
+    stand_in(tmp_path / "pulumi-bin", "pulumi", STAND_IN_PULUMI)
+    return subprocess.run(
+        [MAKE, "--no-print-directory", *args, *make_variables(tmp_path, **overrides)],
+        cwd=ROOT, env=env or make_env(tmp_path), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
 
 
 def make(tmp_path: Path, *targets: str) -> subprocess.CompletedProcess[str]:
-    fake_bin = tmp_path / "pulumi-bin"
-    fake_bin.mkdir(exist_ok=True)
-    (fake_bin / "pulumi").write_text(STAND_IN_PULUMI)
-    (fake_bin / "pulumi").chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS", "PULUMI_"))}
-    env["PULUMI_CALLS"] = str(tmp_path / "calls.log")
-    variables = [
-        f"STACK={STACK}",
-        f"STATE_DIR={tmp_path / 'state'}",
-        f"SSH_KEY={tmp_path / 'ssh' / 'id_ed25519'}",
-        f"PULUMI_BIN={fake_bin}",
-    ]
-    done = subprocess.run(
-        ["make", "--no-print-directory", *targets, *variables],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    done = run_make(tmp_path, *targets)
     assert done.returncode == 0, f"make {' '.join(targets)}:\n{done.stdout}\n{done.stderr}"
     return done
 
 
 def calls(tmp_path: Path) -> list[str]:
-    return (tmp_path / "calls.log").read_text().splitlines()
+    log = tmp_path / "calls.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def env_line(tmp_path: Path, exe: Path, home: str = "", no_plugin_download: str = "") -> str:
+    state = tmp_path / "state"
+    return (
+        f"  exe={exe} backend=file://{state} passphrase_file={state / 'passphrase'} skip_update_check=true"
+        f" home={home} no_plugin_download={no_plugin_download}"
+    )
 
 
 @pytest.fixture
-def cleanup_build() -> Iterator[None]:
-    yield
+def cleanup_build() -> Iterator[Path]:
+    yield ROOT / "build" / STACK
     shutil.rmtree(ROOT / "build" / STACK, ignore_errors=True)
 
 
 def test_make_up_needs_no_account_and_is_repeatable(tmp_path: Path) -> None:
     make(tmp_path, "up")
     state, key = tmp_path / "state", tmp_path / "ssh" / "id_ed25519"
-    env_line = f"  backend=file://{state} passphrase_file={state / 'passphrase'} skip_update_check=true"
-    assert calls(tmp_path) == [
-        f"call: stack select --create {STACK}", env_line,
-        f"call: up --stack {STACK}", env_line,
-    ]  # fmt: skip
+    line = env_line(tmp_path, tmp_path / "pulumi-bin" / "pulumi")
+    assert calls(tmp_path) == [f"call: stack select --create {STACK}", line, f"call: up --stack {STACK}", line]
     passphrase = (state / "passphrase").read_text()
     assert len(passphrase.strip()) >= 40 and stat.S_IMODE((state / "passphrase").stat().st_mode) == 0o600
     keygen = subprocess.run(["ssh-keygen", "-l", "-f", str(key)], capture_output=True, text=True, check=False)
@@ -78,13 +105,160 @@ def test_make_up_needs_no_account_and_is_repeatable(tmp_path: Path) -> None:
     assert calls(tmp_path)[-2] == f"call: up --stack {STACK}"
 
 
-def test_seed_targets_map_to_pulumi(tmp_path: Path, cleanup_build: None) -> None:
+def test_seed_targets_map_to_pulumi(tmp_path: Path, cleanup_build: Path) -> None:
     make(tmp_path, "clean")
     assert f"call: destroy --stack {STACK}" in calls(tmp_path)
     make(tmp_path, "ls")
     assert f"call: stack output --stack {STACK} nodes" in calls(tmp_path)
     done = make(tmp_path, "kubeconfig")
-    written = ROOT / "build" / STACK / "kubeconfig"
+    written = cleanup_build / "kubeconfig"
     assert written.read_text().startswith("apiVersion: v1")
     assert stat.S_IMODE(written.stat().st_mode) == 0o600, "the admin kubeconfig is a secret"
     assert f"export KUBECONFIG={written}" in done.stdout
+
+
+def test_kubeconfig_is_replaced_only_by_a_complete_one(tmp_path: Path, cleanup_build: Path) -> None:
+    env = make_env(tmp_path) | {"STAND_IN_PULUMI_FAILS": "no stack named 'koa-make-test' found"}
+    failed = run_make(tmp_path, "kubeconfig", env=env)
+    assert failed.returncode != 0 and "no stack named" in failed.stderr
+    assert list(cleanup_build.iterdir()) == [], "no empty kubeconfig, no temporary file"
+
+    make(tmp_path, "kubeconfig")
+    good = (cleanup_build / "kubeconfig").read_text()
+    assert run_make(tmp_path, "kubeconfig", env=env).returncode != 0
+    assert [p.name for p in cleanup_build.iterdir()] == ["kubeconfig"]
+    assert (cleanup_build / "kubeconfig").read_text() == good, "a failed read must keep the working kubeconfig"
+
+
+def test_make_env_gives_your_shell_the_pulumi_setup_of_make(tmp_path: Path) -> None:
+    make(tmp_path, "stack")
+    made_by_make = calls(tmp_path)[1]
+    variables = " ".join(make_variables(tmp_path))
+    # As the README says: eval the exports in your shell, then run pulumi there (the stand-in is not on PATH).
+    script = f'eval "$(make -s env {variables})" && pulumi config set --stack {STACK} kube-on-air:workerCount 2'
+    env = make_env(tmp_path)
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert calls(tmp_path)[-2:] == [f"call: config set --stack {STACK} kube-on-air:workerCount 2", made_by_make]
+
+
+def test_a_built_toolchain_supplies_pulumi_and_its_plugins(tmp_path: Path) -> None:
+    versioned = tmp_path / "toolchain" / "v3.200.0"
+    stand_in(versioned / "bin", "pulumi", STAND_IN_PULUMI)
+    (versioned / "pulumi-home").mkdir()
+    current = tmp_path / "toolchain" / "current"
+    current.symlink_to(versioned)
+    done = run_make(tmp_path, "up", TOOLCHAIN_DIR=str(current), PULUMI_BIN=None)
+    assert done.returncode == 0, done.stderr
+    line = env_line(tmp_path, current / "bin" / "pulumi", home=str(current / "pulumi-home"), no_plugin_download="true")
+    assert calls(tmp_path) == [f"call: stack select --create {STACK}", line, f"call: up --stack {STACK}", line]
+    exports = run_make(tmp_path, "-s", "env", TOOLCHAIN_DIR=str(current), PULUMI_BIN=None).stdout
+    assert f"export PULUMI_HOME={current / 'pulumi-home'}" in exports.splitlines()
+    assert f'export PATH={current / "bin"}:"$PATH"' in exports.splitlines()
+
+
+def test_make_up_offline_without_pulumi_says_what_to_do(tmp_path: Path) -> None:
+    unreachable = stand_in(tmp_path / "offline", "curl", CURL_OFFLINE)
+    dirs = [d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "pulumi").exists()]
+    env = make_env(tmp_path) | {"PATH": os.pathsep.join([str(unreachable.parent), *dirs])}
+    done = run_make(tmp_path, "up", env=env, PULUMI_BIN=str(tmp_path / "empty"))
+    assert done.returncode != 0 and calls(tmp_path) == []
+    ours, makes = done.stderr.splitlines()[-2:]
+    assert "get.pulumi.com cannot be reached" in ours and "install the Pulumi CLI yourself" in ours
+    assert "make toolchain" in ours
+    assert makes.startswith("make: *** [") and "pulumi-cli" in makes
+    assert "Could not resolve host" not in done.stderr
+
+
+def readme_make_targets() -> set[str]:
+    """Targets the README tells you to run (`make x`, code lines, `$(make -s x)`), not the seed's table."""
+    readme = (ROOT / "README.md").read_text()
+    seed_start = readme.index("## The seed's make targets")
+    ours = readme[:seed_start] + readme[readme.index("\n## ", seed_start + 1) :]
+    return set(re.findall(r"(?:^|[`(])make (?:-\S+ )*([a-z][\w-]*)", ours, flags=re.MULTILINE))
+
+
+def test_help_lists_every_target_the_readme_uses() -> None:
+    listed = subprocess.run([MAKE, "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    targets = {line.split()[1] for line in listed.splitlines()}
+    used = readme_make_targets()
+    assert {"up", "test", "stack", "env", "test-deps", "render", "bench"} <= used, "the README parse found them"
+    assert used <= targets, f"README uses targets that make help does not list: {sorted(used - targets)}"
+
+
+# ---- `make test`'s dependency step ------------------------------------------------------------
+
+STAND_IN_ID = '#!/bin/sh\necho "$FAKE_UID"\n'
+STAND_IN_SUDO = """#!/bin/bash
+echo "sudo $*" >> "$APT_LOG"
+[[ $1 == -n ]] && shift
+if [[ -n $SUDO_OK ]]; then "$@"; else exit 1; fi
+"""
+# "Installs" every package by dropping a cloud-init stand-in next to itself.
+STAND_IN_APT = """#!/bin/bash
+echo "DEBIAN_FRONTEND=${DEBIAN_FRONTEND:-} apt-get $*" >> "$APT_LOG"
+if [[ " $* " == *" install "* ]]; then
+  printf '#!/bin/sh\\nexit 0\\n' > "${0%/*}/cloud-init" && /bin/chmod +x "${0%/*}/cloud-init"
+fi
+"""
+
+
+def machine_without_cloud_init(tmp_path: Path, uid: int, sudo_without_password: bool) -> dict[str, str]:
+    """A PATH with everything `make test` checks for except cloud-init, and apt/sudo/id stand-ins."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "env"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    (bin_dir / "python3").symlink_to(os.path.realpath(sys.executable))
+    for tool in ("ssh-keygen", "virsh"):
+        stand_in(bin_dir, tool, SUCCEEDS)
+    stand_in(bin_dir, "id", STAND_IN_ID)
+    stand_in(bin_dir, "sudo", STAND_IN_SUDO)
+    stand_in(bin_dir, "apt-get", STAND_IN_APT)
+    return {
+        "PATH": str(bin_dir),
+        "HOME": str(tmp_path),
+        "FAKE_UID": str(uid),
+        "SUDO_OK": "yes" if sudo_without_password else "",
+        "APT_LOG": str(tmp_path / "apt.log"),
+    }
+
+
+def apt_log(tmp_path: Path) -> list[str]:
+    log = tmp_path / "apt.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_dependency_step_stops_with_one_line_naming_packages_and_command(tmp_path: Path) -> None:
+    env = machine_without_cloud_init(tmp_path, uid=1000, sudo_without_password=False)
+    venv = tmp_path / "venv"
+    done = subprocess.run(
+        [MAKE, "--no-print-directory", "test", f"VENV={venv}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0 and done.stdout == ""
+    ours, makes = done.stderr.splitlines()  # make's own "*** Error" line follows ours; nothing else
+    assert ours == (
+        "make test: missing cloud-init and sudo needs a password; install them with: sudo apt-get install cloud-init"
+    )
+    assert makes.startswith("make: *** [Makefile:") and makes.endswith(": test-deps] Error 1")
+    assert not venv.exists(), "nothing may be installed or run before the check passes"
+    assert apt_log(tmp_path) == ["sudo -n true"]
+
+
+@pytest.mark.parametrize("as_root", [True, False], ids=["root", "sudo-without-password"])
+def test_dependency_step_installs_missing_tools_with_apt(tmp_path: Path, as_root: bool) -> None:
+    env = machine_without_cloud_init(tmp_path, uid=0 if as_root else 1000, sudo_without_password=not as_root)
+    first = subprocess.run([MAKE, "-s", "test-deps"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.splitlines() == ["make test: installing cloud-init with apt-get"]
+    apt = "DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=300"
+    apt_calls = [f"{apt} update", f"{apt} install -y --no-install-recommends cloud-init"]
+    sudo_calls = [] if as_root else ["sudo -n true"] + [f"sudo -n env {call}" for call in apt_calls]
+    log = apt_log(tmp_path)
+    assert [line for line in log if line.startswith("DEBIAN_FRONTEND=")] == apt_calls
+    assert [line for line in log if line.startswith("sudo ")] == sudo_calls
+
+    again = subprocess.run([MAKE, "-s", "test-deps"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert again.returncode == 0 and again.stderr == ""
+    assert apt_log(tmp_path) == log, "nothing left to install"

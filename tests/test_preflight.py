@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from components.host_facts import HostFacts, HostRoute, LibvirtNetwork, StackDom
 from components.hostkeys import HostKey
 from components.preflight import PreflightError, PreflightProblem
 from tests.conftest import cluster_config
+from tests.harness import ROOT
 
 OUTSIDE_POOL = "/data/koa"
+LOCAL_QEMU_ABSTRACTION = "/etc/apparmor.d/local/abstractions/libvirt-qemu"  # read by every VM's profile
 
 
 def healthy(**changes: Any) -> HostFacts:
@@ -154,7 +157,7 @@ def test_apparmor_denies_pool_outside_libvirt_images(ssh_key: Path) -> None:
     assert_says(
         problem,
         ["AppArmor confines QEMU", f"{OUTSIDE_POOL}/*", "Permission denied"],
-        ["kube-on-air:poolPath under /var/lib/libvirt/images/", f"{OUTSIDE_POOL}/** r,", "apparmor_parser -r"],
+        ["kube-on-air:poolPath under /var/lib/libvirt/images/", LOCAL_QEMU_ABSTRACTION, '/**" rwk,'],
     )
 
 
@@ -362,3 +365,12 @@ def test_should_run_honours_the_skip_variable(config: ClusterConfig) -> None:
     assert pf.should_run(config, {})
     assert pf.should_run(config, {pf.SKIP_ENV: "0"})
     assert not pf.should_run(config, {pf.SKIP_ENV: "1"})
+
+
+def test_readme_gives_the_apparmor_fix_the_preflight_gives(ssh_key: Path) -> None:
+    outside = cluster_config(ssh_key, poolPath=OUTSIDE_POOL)
+    fix = only(pf.check(outside, healthy(apparmor_pool_allowed=False)), "apparmor").fix
+    readme = (ROOT / "README.md").read_text()
+    profiles = re.compile(r"/etc/apparmor\.d/[\w./-]+\w")
+    assert set(profiles.findall(fix)) == set(profiles.findall(readme)) == {LOCAL_QEMU_ABSTRACTION}
+    assert '/**" rwk,` in' in fix and f"/**\" rwk,' | sudo tee -a {LOCAL_QEMU_ABSTRACTION}" in readme
