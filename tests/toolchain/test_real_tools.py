@@ -104,6 +104,19 @@ def test_kubeadm_rejects_a_broken_init_config(
     assert done.returncode != 0 and said in done.stderr, done.stderr
 
 
+def test_kubeadm_rejects_v1beta3_extra_args_in_a_v1beta4_join(
+    kubeadm: Path, rendered_kubeadm: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    join = next(p for p in rendered_kubeadm["air"] if p.name.startswith("work11"))
+    as_list = '  kubeletExtraArgs:\n    - name: node-ip\n      value: "172.31.255.11"'
+    text = join.read_text()
+    assert as_list in text
+    broken = tmp_path / "join.yaml"
+    broken.write_text(text.replace(as_list, '  kubeletExtraArgs:\n    node-ip: "172.31.255.11"'))
+    done = kubeadm_validate(kubeadm, broken)
+    assert done.returncode != 0 and "kubeletExtraArgs" in done.stderr, done.stderr
+
+
 def test_kubeadm_rejects_a_v1beta3_shaped_join(
     kubeadm: Path, rendered_kubeadm: dict[str, list[Path]], tmp_path: Path
 ) -> None:
