@@ -410,6 +410,7 @@ def sha256(path: Path) -> str:
 
 
 def peak_child_rss_mib() -> int:
+    """The largest process this run has started so far (RUSAGE_CHILDREN keeps a running maximum)."""
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
 
 
