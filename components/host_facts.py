@@ -42,6 +42,9 @@ MIB = 1024 * 1024
 PROC = Path("/proc")
 SYS = Path("/sys")
 ETC = Path("/etc")
+# libvirt's rules for every VM's QEMU, and the file for site additions that it includes (relative to ETC).
+QEMU_ABSTRACTION = "apparmor.d/abstractions/libvirt-qemu"
+QEMU_LOCAL_ABSTRACTION = "apparmor.d/local/abstractions/libvirt-qemu"
 DEV_KVM = Path("/dev/kvm")
 
 T = TypeVar("T")
@@ -110,6 +113,7 @@ class HostFacts:
     apparmor_enabled: bool | None
     security_driver: str | None  # qemu.conf security_driver; "" = unset (libvirt's default)
     apparmor_pool_allowed: bool | None  # virt-aa-helper may read volumes in the pool
+    apparmor_qemu_pool_allowed: bool | None  # QEMU's rules let it read, write and lock the pool's volumes
     qemu_user: str | None  # the user QEMU runs as under qemu:///system; None: no such account
     pool_blocked_dir: str | None  # an existing ancestor of the pool QEMU cannot enter; "" = none
     selinux_mode: str | None  # "enforcing", "permissive" or "disabled"
@@ -357,7 +361,13 @@ def _qemu_conf_value(key: str) -> str | None:
     return re.sub(r"[\"'\[\]]", "", match.group(1)).replace(" ", "")
 
 
-_AA_RULE = re.compile(r"^(?:audit\s+)?(deny\s+)?(?:owner\s+)?(?:file\s+)?((?:/|@\{)\S*)\s+([a-zA-Z]+)\s*,\s*$")
+# A file rule: `[audit] [allow|deny] [owner] [file] GLOB PERMS,` or with PERMS first; GLOB may be quoted.
+_AA_QUALIFIERS = r"(?:audit\s+)?(?:(?P<deny>deny)\s+|allow\s+)?(?:owner\s+)?(?:file\s+)?"
+_AA_GLOB = r'"(?:/|@\{)[^"]*"|(?:/|@\{)[^\s"]*'
+_AA_RULE = re.compile(
+    rf"^{_AA_QUALIFIERS}(?:(?P<glob>{_AA_GLOB})\s+(?P<perms>[a-zA-Z]+)|(?P<perms_first>[a-zA-Z]+)\s+(?P<glob_last>{_AA_GLOB}))"
+    r"\s*,$"
+)
 
 
 def apparmor_glob(pattern: str) -> re.Pattern[str] | None:
@@ -400,18 +410,38 @@ def apparmor_glob(pattern: str) -> re.Pattern[str] | None:
         return None
 
 
-def apparmor_allows(profile_text: str, paths: Iterable[str]) -> bool:
-    """True if every path is readable under the profile's file rules (allow matches, no deny matches)."""
-    allow: list[re.Pattern[str]] = []
-    deny: list[re.Pattern[str]] = []
+@dataclass(frozen=True)
+class _FileRule:
+    deny: bool
+    path: re.Pattern[str]
+    permissions: frozenset[str]
+
+
+def _file_rules(profile_text: str) -> list[_FileRule]:
+    rules = []
     for line in profile_text.splitlines():
         match = _AA_RULE.match(line.split("#", 1)[0].strip())
-        if not match or "r" not in match.group(3):
+        if not match:
             continue
-        regex = apparmor_glob(match.group(2))
+        glob = (match.group("glob") or match.group("glob_last")).strip('"')
+        regex = apparmor_glob(glob)
         if regex is not None:
-            (deny if match.group(1) else allow).append(regex)
-    return all(any(r.fullmatch(p) for r in allow) and not any(r.fullmatch(p) for r in deny) for p in paths)
+            permissions = frozenset(match.group("perms") or match.group("perms_first"))
+            rules.append(_FileRule(bool(match.group("deny")), regex, permissions))
+    return rules
+
+
+def _granted(rules: list[_FileRule], path: str) -> frozenset[str]:
+    # AppArmor adds up the permissions of every allow rule that matches, then takes away every matching deny.
+    allowed = frozenset[str]().union(*(r.permissions for r in rules if not r.deny and r.path.fullmatch(path)))
+    denied = frozenset[str]().union(*(r.permissions for r in rules if r.deny and r.path.fullmatch(path)))
+    return allowed - denied
+
+
+def apparmor_allows(profile_text: str, paths: Iterable[str], permissions: str = "r") -> bool:
+    """True if the profile's file rules give every path each permission letter (as written in rules: r, w, k)."""
+    rules = _file_rules(profile_text)
+    return all(set(permissions) <= _granted(rules, path) for path in paths)
 
 
 def pool_volume_paths(config: ClusterConfig) -> list[str]:
@@ -431,6 +461,25 @@ def _apparmor_pool_allowed(config: ClusterConfig) -> bool | None:
         return None
     local = _read(ETC / "apparmor.d" / "local" / "usr.lib.libvirt.virt-aa-helper") or ""
     return apparmor_allows(profile + "\n" + local, pool_volume_paths(config))
+
+
+def qemu_volume_permissions(config: ClusterConfig) -> dict[str, str]:
+    """What QEMU needs on each volume: it writes the node's overlay and reads the base image behind it and the
+    seed ISO, locking each (`k`); the letters virt-aa-helper grants a writable disk and a read-only one."""
+    base, disk, seed = pool_volume_paths(config)
+    return {base: "rk", disk: "rwk", seed: "rk"}
+
+
+def _apparmor_qemu_pool_allowed(config: ClusterConfig) -> bool | None:
+    # Every VM's profile includes libvirt's QEMU abstraction, which includes the local one. virt-aa-helper
+    # adds no rule for the provider's <disk type='volume'> disks, so these two files must let QEMU in.
+    abstraction = _read(ETC / QEMU_ABSTRACTION)
+    local_path = ETC / QEMU_LOCAL_ABSTRACTION
+    local = _read(local_path)
+    if abstraction is None or (local is None and local_path.exists()):
+        return None  # no libvirt AppArmor policy to judge, or a local file we cannot read
+    rules = abstraction + "\n" + (local or "")
+    return all(apparmor_allows(rules, [path], needed) for path, needed in qemu_volume_permissions(config).items())
 
 
 def _existing_ancestors(path: str) -> list[Path]:
@@ -565,6 +614,7 @@ def gather_host_facts(config: ClusterConfig) -> HostFacts:
         apparmor_enabled=local(_apparmor_enabled),
         security_driver=local(lambda: _qemu_conf_value("security_driver")),
         apparmor_pool_allowed=local(lambda: _apparmor_pool_allowed(config)),
+        apparmor_qemu_pool_allowed=local(lambda: _apparmor_qemu_pool_allowed(config)),
         qemu_user=qemu_user,
         pool_blocked_dir=local(lambda: _pool_blocked_dir(config, qemu_user)),
         selinux_mode=local(_selinux_mode),

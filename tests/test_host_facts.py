@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -15,9 +16,10 @@ import pytest
 
 from components import host_facts as hf
 from components import preflight as pf
-from components.config import ClusterConfig
+from components.config import ClusterConfig, load
 from components.host_facts import HostFacts, HostRoute, LibvirtNetwork, StackDomain, StackVolume
 from tests.conftest import cluster_config
+from tests.harness import ROOT
 from tests.test_preflight import OUTSIDE_POOL, assert_says, only
 
 VIRT_AA_HELPER_RULES = """
@@ -65,6 +67,92 @@ def test_apparmor_pool_fact_reads_the_profile_and_its_local_override(
     assert hf._apparmor_pool_allowed(outside) is True
     profile.unlink()
     assert hf._apparmor_pool_allowed(outside) is None
+
+
+# Lines of Debian 12's /etc/apparmor.d/abstractions/libvirt-qemu (libvirt 9.0) that match broad paths.
+QEMU_ABSTRACTION_RULES = """
+  / r, # harmless on any lsb compliant system
+  /{,var/}tmp/ r,
+  owner /{,var/}tmp/**/ r,
+  audit deny /{var/,}run/qemu/*/*.so w,
+  owner /var/lib/libvirt/qemu/nvram/*_VARS.fd rwk,
+  #include <local/abstractions/libvirt-qemu>
+"""
+POOL = "/var/lib/libvirt/images/kube-on-air-t"  # the default poolPath of stack "t"
+
+
+def qemu_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local: str | None) -> None:
+    """A fake /etc with libvirt's QEMU abstraction and, unless None, its local file holding `local`."""
+    for name in (hf.QEMU_ABSTRACTION, hf.QEMU_LOCAL_ABSTRACTION):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / hf.QEMU_ABSTRACTION).write_text(QEMU_ABSTRACTION_RULES)
+    if local is not None:
+        (tmp_path / hf.QEMU_LOCAL_ABSTRACTION).write_text(local)
+    monkeypatch.setattr(hf, "ETC", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("local", "allowed"),
+    [
+        (f'"{POOL}/**" rwk,\n', True),  # the README's rule
+        (f"{POOL}/* rwk,\n", True),  # the volumes are the pool's direct children
+        (f"rwk {POOL}/**,\n", True),  # permissions first is a file rule too
+        ("/var/lib/libvirt/images/** rwk,\n", True),
+        ("/var/lib/libvirt/images/* rwk,\n", False),  # `*` stops at the pool directory
+        ('"/srv/koa/**" rwk,\n', False),  # another pool's rule
+        (f'"{POOL}/**" r,\n', False),  # read-only: QEMU writes the overlay
+        (f'"{POOL}/**" rw,\n', False),  # no `k`: QEMU locks its images
+        (f'"{POOL}/**" rk,\n', False),  # the overlay is written
+        (f'"{POOL}/**" rk,\n"{POOL}/head10-[0-9a-f]*.qcow2" rwk,\n', True),  # writable where it writes
+        (f'"{POOL}/**" rwk,\ndeny {POOL}/*.iso k,\n', False),  # a deny takes away what it names
+        (f'# "{POOL}/**" rwk,\n', False),  # commented out
+        ("", False),  # the file Debian ships: empty
+        (None, False),  # no local file: AppArmor still confines QEMU, and nothing lets it in
+    ],
+)
+def test_apparmor_qemu_fact_reads_the_qemu_abstraction_and_its_local_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: ClusterConfig, local: str | None, allowed: bool
+) -> None:
+    assert config.pool_path == POOL
+    qemu_rules(tmp_path, monkeypatch, local)
+    assert hf._apparmor_qemu_pool_allowed(config) is allowed
+
+
+def test_apparmor_qemu_fact_is_unknown_without_libvirts_policy_or_an_unreadable_local_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: ClusterConfig
+) -> None:
+    qemu_rules(tmp_path, monkeypatch, f'"{POOL}/**" rwk,\n')
+    (tmp_path / hf.QEMU_ABSTRACTION).unlink()
+    assert hf._apparmor_qemu_pool_allowed(config) is None
+    (tmp_path / hf.QEMU_ABSTRACTION).write_text(QEMU_ABSTRACTION_RULES)
+    (tmp_path / hf.QEMU_LOCAL_ABSTRACTION).unlink()
+    (tmp_path / hf.QEMU_LOCAL_ABSTRACTION).mkdir()  # there but unreadable as a file, even for root
+    assert hf._apparmor_qemu_pool_allowed(config) is None
+
+
+def test_gather_reads_qemus_rules_for_a_local_uri_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ssh_key: Path, config: ClusterConfig
+) -> None:
+    monkeypatch.setenv("PATH", "")  # no virsh: nothing to wait for
+    qemu_rules(tmp_path, monkeypatch, "")
+    assert hf.gather_host_facts(config).apparmor_qemu_pool_allowed is False
+    remote = cluster_config(ssh_key, uri="qemu+ssh://nobody@kvm1.example/system")
+    assert hf.gather_host_facts(remote).apparmor_qemu_pool_allowed is None
+
+
+SHIPPED_QEMU_ABSTRACTION = Path("/etc") / hf.QEMU_ABSTRACTION
+
+
+@pytest.mark.skipif(not SHIPPED_QEMU_ABSTRACTION.is_file(), reason="libvirt's AppArmor abstraction not installed")
+def test_the_shipped_qemu_abstraction_needs_the_readmes_rule(ssh_key: Path, tmp_path: Path) -> None:
+    # libvirt's own rules on this machine do not reach the pool; the README's line for the default stack does.
+    rules = SHIPPED_QEMU_ABSTRACTION.read_text()
+    readme_rule = re.search(r"^echo '(.+)' \| sudo tee -a ", (ROOT / "README.md").read_text(), re.MULTILINE)
+    assert readme_rule is not None
+    air = load({"sshKeyPath": str(ssh_key)}, stack="air")
+    for path, needed in hf.qemu_volume_permissions(air).items():
+        assert not hf.apparmor_allows(rules, [path], needed)
+        assert hf.apparmor_allows(rules + "\n" + readme_rule.group(1), [path], needed), path
 
 
 def test_pool_blocked_dir_on_a_real_tree(ssh_key: Path) -> None:

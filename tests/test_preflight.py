@@ -48,6 +48,7 @@ def healthy(**changes: Any) -> HostFacts:
         apparmor_enabled=True,
         security_driver="",
         apparmor_pool_allowed=True,
+        apparmor_qemu_pool_allowed=True,
         qemu_user="libvirt-qemu",
         pool_blocked_dir="",
         selinux_mode="disabled",
