@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import islice
@@ -27,11 +28,12 @@ from urllib.parse import urlsplit
 
 from components import identity
 from components.config import BASE_VOLUME, NAMESPACE, ClusterConfig
-from components.host_facts import HostFacts, HostRoute, gather_host_facts
+from components.host_facts import QEMU_ABSTRACTION, QEMU_LOCAL_ABSTRACTION, HostFacts, HostRoute, gather_host_facts
 from components.identity import NodeIdentity
 
 SKIP_ENV = "KUBE_ON_AIR_SKIP_PREFLIGHT"
 LIBVIRT_IMAGES = "/var/lib/libvirt/images"
+LOCAL_QEMU_ABSTRACTION = f"/etc/{QEMU_LOCAL_ABSTRACTION}"
 # Thin overlays: base image (~0.5-1 GiB) plus containerd images and logs per node.
 DISK_BASE_MIB = 2048
 DISK_PER_NODE_MIB = 2048
@@ -168,23 +170,40 @@ def _apparmor_confines_qemu(facts: HostFacts) -> bool:
     return bool(facts.apparmor_enabled) and (driver == "" or "apparmor" in driver.split(","))
 
 
+def qemu_pool_rule_command(config: ClusterConfig) -> str:
+    """The README's fix: the rule that lets every VM's QEMU into the pool, appended to the local abstraction."""
+    rule = f'"{config.pool_path.rstrip("/")}/**" rwk,'
+    return f"echo {shlex.quote(rule)} | sudo tee -a {LOCAL_QEMU_ABSTRACTION}"
+
+
 def _check_apparmor(config: ClusterConfig, facts: HostFacts) -> list[PreflightProblem]:
     # Session domains are not confined by virt-aa-helper profiles (that needs a privileged libvirtd).
     if _session(config) or facts.remote or not _apparmor_confines_qemu(facts):
         return []
-    if facts.apparmor_pool_allowed is not False:
-        return []
+    confined = f"AppArmor confines QEMU (security_driver {facts.security_driver or 'default'})"
     pool = config.pool_path.rstrip("/")
-    return [
-        PreflightProblem(
-            "apparmor",
-            f"AppArmor confines QEMU (security_driver {facts.security_driver or 'default'}) and virt-aa-helper's "
-            f"profile does not allow {pool}/*, so the domains fail with 'Permission denied'",
-            f"set {_key('poolPath')} under {LIBVIRT_IMAGES}/ (Debian's and Ubuntu's virt-aa-helper profile denies "
-            "hidden directories in home directories, and no local rule lifts a deny); QEMU itself needs "
-            '`"<poolPath>/**" rwk,` in /etc/apparmor.d/local/abstractions/libvirt-qemu on any AppArmor host (README)',
-        )
-    ]
+    if facts.apparmor_pool_allowed is False:  # its fix names the QEMU rule too: one problem, not two
+        return [
+            PreflightProblem(
+                "apparmor",
+                f"{confined} and virt-aa-helper's profile does not allow {pool}/*, "
+                "so the domains fail with 'Permission denied'",
+                f"set {_key('poolPath')} under {LIBVIRT_IMAGES}/ (Debian's and Ubuntu's virt-aa-helper profile "
+                "denies hidden directories in home directories, and no local rule lifts a deny); QEMU itself needs "
+                f'`"<poolPath>/**" rwk,` in {LOCAL_QEMU_ABSTRACTION} on any AppArmor host (README)',
+            )
+        ]
+    if facts.apparmor_qemu_pool_allowed is False:
+        return [
+            PreflightProblem(
+                "apparmor",
+                f"{confined} and no rule in /etc/{QEMU_ABSTRACTION} or {LOCAL_QEMU_ABSTRACTION} lets it read, "
+                f"write and lock the volumes in {_key('poolPath')} {pool}; libvirt lists no pool volume "
+                "(`<disk type='volume'>`) in a VM's profile, so the domains fail with 'Permission denied'",
+                f"allow QEMU into the pool once (read when a VM starts, no reload): `{qemu_pool_rule_command(config)}`",
+            )
+        ]
+    return []
 
 
 def _check_pool_permissions(config: ClusterConfig, facts: HostFacts) -> list[PreflightProblem]:

@@ -11,7 +11,7 @@ import pytest
 
 from components import identity
 from components import preflight as pf
-from components.config import BASE_VOLUME, ClusterConfig
+from components.config import BASE_VOLUME, ClusterConfig, load
 from components.host_facts import HostFacts, HostRoute, LibvirtNetwork, StackDomain, StackVolume
 from components.hostkeys import HostKey
 from components.preflight import PreflightError, PreflightProblem
@@ -162,10 +162,29 @@ def test_apparmor_denies_pool_outside_libvirt_images(ssh_key: Path) -> None:
     )
 
 
+def test_apparmor_without_the_qemu_rule_for_the_pool(config: ClusterConfig) -> None:
+    problem = only(pf.check(config, healthy(apparmor_qemu_pool_allowed=False)), "apparmor")
+    rule = f"echo '\"{config.pool_path}/**\" rwk,' | sudo tee -a {LOCAL_QEMU_ABSTRACTION}"
+    assert_says(
+        problem,
+        ["AppArmor confines QEMU", f"kube-on-air:poolPath {config.pool_path}", LOCAL_QEMU_ABSTRACTION, "Permission"],
+        [rule],
+    )
+    assert pf.check(config, healthy(apparmor_qemu_pool_allowed=None)) == []  # unknown never blocks
+
+
+def test_apparmor_refusing_both_helper_and_qemu_is_one_problem(ssh_key: Path) -> None:
+    outside = cluster_config(ssh_key, poolPath=OUTSIDE_POOL)
+    facts = healthy(apparmor_pool_allowed=False, apparmor_qemu_pool_allowed=False)
+    problem = only(pf.check(outside, facts), "apparmor")
+    assert_says(problem, ["virt-aa-helper"], ["kube-on-air:poolPath under /var/lib/libvirt/images/", '/**" rwk,'])
+
+
 @pytest.mark.parametrize(("enabled", "driver"), [(False, ""), (True, "none"), (True, "selinux"), (None, "")])
 def test_apparmor_not_confining_qemu_is_fine(ssh_key: Path, enabled: bool | None, driver: str) -> None:
     outside = cluster_config(ssh_key, poolPath=OUTSIDE_POOL)
-    facts = healthy(apparmor_enabled=enabled, security_driver=driver, apparmor_pool_allowed=False)
+    refused = {"apparmor_pool_allowed": False, "apparmor_qemu_pool_allowed": False}
+    facts = healthy(apparmor_enabled=enabled, security_driver=driver, **refused)
     assert pf.check(outside, facts) == []
 
 
@@ -178,7 +197,12 @@ def test_pool_directory_qemu_cannot_enter(ssh_key: Path) -> None:
 
 def test_session_uri_skips_system_confinement_checks(ssh_key: Path) -> None:
     session = cluster_config(ssh_key, uri="qemu:///session", poolPath=OUTSIDE_POOL)
-    facts = healthy(apparmor_pool_allowed=False, pool_blocked_dir="/root (mode 0700)", selinux_mode="enforcing")
+    facts = healthy(
+        apparmor_pool_allowed=False,
+        apparmor_qemu_pool_allowed=False,
+        pool_blocked_dir="/root (mode 0700)",
+        selinux_mode="enforcing",
+    )
     assert pf.check(session, facts) == []
 
 
@@ -330,6 +354,7 @@ def test_remote_uri_skips_local_checks(ssh_key: Path) -> None:
         kvm_device=False,
         cpu_virt_flag="",
         apparmor_pool_allowed=False,
+        apparmor_qemu_pool_allowed=False,
         pool_blocked_dir="/root",
         selinux_mode="enforcing",
         mem_available_mib=1,
@@ -375,3 +400,8 @@ def test_readme_gives_the_apparmor_fix_the_preflight_gives(ssh_key: Path) -> Non
     profiles = re.compile(r"/etc/apparmor\.d/[\w./-]+\w")
     assert set(profiles.findall(fix)) == set(profiles.findall(readme)) == {LOCAL_QEMU_ABSTRACTION}
     assert '/**" rwk,` in' in fix and f"/**\" rwk,' | sudo tee -a {LOCAL_QEMU_ABSTRACTION}" in readme
+    # The README's command for the default stack is the one the preflight gives when QEMU's rule is missing.
+    air = load({"sshKeyPath": str(ssh_key)}, stack="air")
+    qemu_fix = only(pf.check(air, healthy(apparmor_qemu_pool_allowed=False)), "apparmor").fix
+    command = f"echo '\"/var/lib/libvirt/images/kube-on-air-air/**\" rwk,' | sudo tee -a {LOCAL_QEMU_ABSTRACTION}"
+    assert command in qemu_fix and f"\n{command}\n" in readme
