@@ -101,6 +101,7 @@ class HostFacts:
     mkisofs_path: str | None
     genisoimage_path: str | None
     xorrisofs_path: str | None
+    ssh_path: str | None  # the join and leave steps run ssh here
     ssh_key_error: str | None  # None: private key readable
     # The libvirt host, read only when it is this machine.
     kvm_device: bool | None  # /dev/kvm exists
@@ -603,6 +604,7 @@ def gather_host_facts(config: ClusterConfig) -> HostFacts:
         mkisofs_path=shutil.which("mkisofs"),
         genisoimage_path=shutil.which("genisoimage"),
         xorrisofs_path=shutil.which("xorrisofs"),
+        ssh_path=shutil.which("ssh"),
         ssh_key_error=_safe(lambda: _ssh_key_error(config.ssh_key_path), None),
         kvm_device=local(DEV_KVM.exists),
         kvm_accessible=local(lambda: os.access(DEV_KVM, os.R_OK | os.W_OK)),

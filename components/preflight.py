@@ -5,9 +5,9 @@
 
 Which checks apply:
 - always: virsh present, libvirt reachable, mkisofs (the provider builds the cloud-init ISO on the Pulumi host),
-  ssh-key, network overlap with other libvirt networks, KVM offered by libvirt's capabilities
-  (remote URIs only), and that `up` would not rebuild the running control plane (given what the
-  program would build for it).
+  ssh (the join and leave steps run it there), ssh-key, network overlap with other libvirt networks,
+  KVM offered by libvirt's capabilities (remote URIs only), and that `up` would not rebuild the
+  running control plane (given what the program would build for it).
 - local URIs only: /dev/kvm and CPU flags, AppArmor, pool directory permissions, SELinux, memory,
   disk, host routes (their facts are unknown over qemu+ssh://). Memory and disk count what this
   stack's running VMs and pool volumes already hold, so a re-run or a scale-down needs no more room.
@@ -163,6 +163,15 @@ def _check_mkisofs(config: ClusterConfig, facts: HostFacts) -> list[PreflightPro
     if alternative:
         observed += f" (found {alternative}, which the provider does not look for)"
     return [PreflightProblem("mkisofs", observed, fix)]
+
+
+def _check_ssh_client(config: ClusterConfig, facts: HostFacts) -> list[PreflightProblem]:
+    # Each worker's join and leave steps are local commands that reach the nodes with `ssh`.
+    if facts.ssh_path is not None:
+        return []
+    observed = "ssh is not on PATH; the join and leave steps run it on this machine to reach the nodes"
+    fix = "`sudo apt-get install openssh-client` (Fedora: dnf install openssh-clients)"
+    return [PreflightProblem("ssh", observed, fix)]
 
 
 def _apparmor_confines_qemu(facts: HostFacts) -> bool:
@@ -353,6 +362,7 @@ CHECKS: tuple[Callable[[ClusterConfig, HostFacts], list[PreflightProblem]], ...]
     _check_libvirt,
     _check_kvm,
     _check_mkisofs,
+    _check_ssh_client,
     _check_apparmor,
     _check_pool_permissions,
     _check_selinux,

@@ -37,6 +37,7 @@ def healthy(**changes: Any) -> HostFacts:
         mkisofs_path="/usr/bin/mkisofs",
         genisoimage_path="/usr/bin/genisoimage",
         xorrisofs_path=None,
+        ssh_path="/usr/bin/ssh",
         ssh_key_error=None,
         kvm_device=True,
         kvm_accessible=True,
@@ -145,6 +146,11 @@ def test_kvm_not_writable_matters_only_for_session(ssh_key: Path) -> None:
 def test_mkisofs_missing(config: ClusterConfig) -> None:
     problem = only(pf.check(config, healthy(mkisofs_path=None, genisoimage_path=None)), "mkisofs")
     assert_says(problem, ["mkisofs is not on PATH"], ["apt-get install genisoimage"])
+
+
+def test_ssh_client_missing(config: ClusterConfig) -> None:
+    problem = only(pf.check(config, healthy(ssh_path=None)), "ssh")
+    assert_says(problem, ["ssh is not on PATH", "join and leave steps"], ["apt-get install openssh-client"])
 
 
 def test_mkisofs_missing_but_genisoimage_present_suggests_a_link(config: ClusterConfig) -> None:
