@@ -118,3 +118,14 @@ def test_python_sdks_match_the_pieces_built() -> None:
     assert pins["pulumi-kubernetes"] == build.KUBERNETES_PROVIDER[0]
     assert pins["pulumi-libvirt"] == build.LIBVIRT_PROVIDER[0]
     assert pins["pulumi-command"] == build.COMMAND_PROVIDER[0]
+
+
+def test_missing_build_tools_are_named_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", "")
+    assert build.main([]) == 1
+    assert capsys.readouterr().out.strip().splitlines() == [
+        "[toolchain] missing build tools: Go >= 1.26 from https://go.dev/dl (go on PATH); "
+        "sudo apt-get install gcc umoci skopeo mmdebstrap"
+    ]

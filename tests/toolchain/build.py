@@ -531,7 +531,25 @@ def progress(record: Mapping[str, Any]) -> str:
     return f"[toolchain] {name} {how} {record['build_seconds']:>6} s  {record['source']}"
 
 
+# Tools the build runs, with the Debian package that brings each.
+BUILD_TOOLS = {
+    "go": "golang (Go >= 1.26)",
+    "gcc": "gcc",
+    "umoci": "umoci",
+    "skopeo": "skopeo",
+    "mmdebstrap": "mmdebstrap",
+}
+
+
+def missing_build_tools() -> list[str]:
+    return [package for tool, package in BUILD_TOOLS.items() if shutil.which(tool) is None]
+
+
 def main(argv: list[str] | None = None) -> int:
+    missing = missing_build_tools()
+    if missing:
+        print(f"[toolchain] missing build tools; install them with: sudo apt-get install {' '.join(missing)}")
+        return 1
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--only", action="append", help="build just these pieces (repeatable)")
     args = parser.parse_args(argv)
