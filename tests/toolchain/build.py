@@ -531,24 +531,23 @@ def progress(record: Mapping[str, Any]) -> str:
     return f"[toolchain] {name} {how} {record['build_seconds']:>6} s  {record['source']}"
 
 
-# Tools the build runs, with the Debian package that brings each.
-BUILD_TOOLS = {
-    "go": "golang (Go >= 1.26)",
-    "gcc": "gcc",
-    "umoci": "umoci",
-    "skopeo": "skopeo",
-    "mmdebstrap": "mmdebstrap",
-}
+# Tools the build runs (Debian package = command); Go itself must be 1.26 or newer, which Debian lacks.
+APT_BUILD_TOOLS = ("gcc", "umoci", "skopeo", "mmdebstrap")
 
 
-def missing_build_tools() -> list[str]:
-    return [package for tool, package in BUILD_TOOLS.items() if shutil.which(tool) is None]
+def missing_build_tools() -> str | None:
+    """One line naming what to install, or None when every tool is there."""
+    packages = [tool for tool in APT_BUILD_TOOLS if shutil.which(tool) is None]
+    parts = ["Go >= 1.26 from https://go.dev/dl (go on PATH)"] if shutil.which("go") is None else []
+    if packages:
+        parts.append(f"sudo apt-get install {' '.join(packages)}")
+    return f"[toolchain] missing build tools: {'; '.join(parts)}" if parts else None
 
 
 def main(argv: list[str] | None = None) -> int:
     missing = missing_build_tools()
     if missing:
-        print(f"[toolchain] missing build tools; install them with: sudo apt-get install {' '.join(missing)}")
+        print(missing)
         return 1
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--only", action="append", help="build just these pieces (repeatable)")
