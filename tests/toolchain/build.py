@@ -545,9 +545,9 @@ def missing_build_tools() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    missing = missing_build_tools()
-    if missing:
-        print(missing)
+    lacking = missing_build_tools()
+    if lacking:
+        print(lacking)
         return 1
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--only", action="append", help="build just these pieces (repeatable)")
@@ -575,10 +575,10 @@ def main(argv: list[str] | None = None) -> int:
     entries = manifest_entries(home, records)
     manifest = {"key": home.name, "go": go, "pieces": entries}
     (home / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    missing = [e["piece"] for e in entries if e["status"] != "built"]
+    not_built = [e["piece"] for e in entries if e["status"] != "built"]
     print(f"[toolchain] manifest {home / 'manifest.json'}")
-    if missing:
-        print(f"[toolchain] incomplete: {len(missing)} piece(s) missing: {', '.join(missing)}")
+    if not_built:
+        print(f"[toolchain] incomplete: {len(not_built)} piece(s) missing: {', '.join(not_built)}")
         return 2
     return 0
 
