@@ -101,7 +101,7 @@ kubeconfig: ## write the admin kubeconfig of STACK to build/STACK/kubeconfig (mo
 lint: dev-deps ## ruff and mypy (strict) against the SDK types
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy __main__.py components tests
+	$(VENV)/bin/mypy __main__.py components tools tests
 
 test: test-deps lint ## lint, type-check, then all tests except the VM boot
 	$(PY) -m pytest -q
@@ -119,7 +119,7 @@ K8S_VERSION = $(shell awk '/kube-on-air:kubernetesVersion:/ {print $$2}' Pulumi.
 # With a built toolchain the node image is made offline from it; otherwise from pkgs.k8s.io and registry.k8s.io.
 IMAGE_SOURCE := $(if $(wildcard $(TOOLCHAIN_DIR)/pieces/images/images.txt),KOA_TOOLCHAIN=$(TOOLCHAIN_DIR))
 image: ## node image with containerd, the pinned Kubernetes binaries and every kubeadm image (toolchain or pkgs.k8s.io)
-	sudo KOA_KUBERNETES_VERSION=$(K8S_VERSION) $(IMAGE_SOURCE) KOA_IMAGE_OUT=$(CURDIR)/build/node-image.qcow2 tests/vm/build-image.sh
+	sudo KOA_KUBERNETES_VERSION=$(K8S_VERSION) $(IMAGE_SOURCE) KOA_IMAGE_OUT=$(CURDIR)/build/node-image.qcow2 tools/build-image.sh
 	@echo "pulumi config set --stack $(STACK) kube-on-air:imageSource $(CURDIR)/build/node-image.qcow2"
 	@echo "pulumi config set --stack $(STACK) kube-on-air:prebaked true"
 
@@ -127,7 +127,7 @@ bench: dev-deps $(SSH_KEY) ## evaluation time and dependency chain for 1+3, 1+30
 	$(PY) -m tests.bench
 
 toolchain: deps ## build the Pulumi CLI, provider plugins, Kubernetes and its images from the Go module proxy (cached)
-	$(PY) -m tests.toolchain.build
+	$(PY) -m tools.toolchain
 
 test-toolchain: dev-deps ## the built kubeadm validates every rendered config; pulumi and plugins at the pinned versions
 	$(PY) -m pytest -q -m toolchain tests/toolchain

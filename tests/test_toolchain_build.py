@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.toolchain import build
+from tools import toolchain as build
 
 KUBERNETES_GO_MOD = """module k8s.io/kubernetes
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from pulumi import automation as auto
 
 from tests.harness import ROOT
-from tests.toolchain import build
+from tools import toolchain as build
 
 
 def run_program() -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.toolchain import build
 from tests.toolchain.engine import Preview, preview_in_child
 from tests.vm import libvirt_host as lh
+from tools import toolchain as build
 
 pytestmark = pytest.mark.toolchain
 

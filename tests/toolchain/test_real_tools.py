@@ -16,7 +16,7 @@ import pytest
 from components.render import sandbox_image
 from components.workloads import AGNHOST_IMAGE
 from tests.render import render_stack
-from tests.toolchain import build
+from tools import toolchain as build
 
 pytestmark = pytest.mark.toolchain
 

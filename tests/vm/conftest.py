@@ -26,7 +26,7 @@ from tests.vm.guest import BootWatch, Ssh
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-BUILD_SCRIPT = HERE / "build-image.sh"
+BUILD_SCRIPT = HERE.parents[1] / "tools" / "build-image.sh"
 FIGURES_PATH = REPO / "build" / "vm-figures.json"
 STACK = "air"
 GIB = 1024**3

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.toolchain import build
 from tests.vm.conftest import FIGURES, BaseImage, Lab, Rendered, build_image
+from tools import toolchain as build
 
 pytestmark = pytest.mark.vm
 

@@ -55,7 +55,7 @@ log() { printf '[build-image] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 script_path=$(readlink -f "${BASH_SOURCE[0]}")
-repo_root=$(dirname "$(dirname "$(dirname "$script_path")")")
+repo_root=$(dirname "$(dirname "$script_path")")
 cache_root=${KOA_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-on-air/vm}
 
 # --- variant -------------------------------------------------------------------------------------

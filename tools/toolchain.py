@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("KOA_TOOLCHAIN_CACHE", Path.home() / ".cache" / "kube-on-air" / "toolchain"))
 
 # The Pulumi CLI must be at least as new as the `pulumi` Python SDK pinned in requirements.txt; both
@@ -358,7 +358,7 @@ def refused(module_at_version: str) -> Callable[[Context, Path, Path], str]:
 
     def build(ctx: Context, work: Path, out: Path) -> str:
         ctx.download(module_at_version, work)
-        raise RuntimeError(f"{module_at_version} is served now: teach tests/toolchain/build.py to build it")
+        raise RuntimeError(f"{module_at_version} is served now: teach tools/toolchain.py to build it")
 
     return build
 
