@@ -35,7 +35,7 @@ PULUMI_UNREACHABLE := no pulumi on PATH and https://get.pulumi.com cannot be rea
 # What `make test` runs outside the venv, as CHECK=Debian package (see tests/system-deps.sh).
 TEST_SYSTEM_DEPS := py:ensurepip=python3-venv ssh-keygen=openssh-client cloud-init=cloud-init virsh=libvirt-clients
 
-.PHONY: help up preview destroy clean ls kubeconfig env test test-deps test-vm lint render bench image deps dev-deps pulumi-cli stack toolchain test-toolchain
+.PHONY: help up preview destroy clean ls kubeconfig env test test-deps test-vm lint render bench image plugins deps dev-deps pulumi-cli stack toolchain test-toolchain e2e
 # Prerequisites run in the order written: the system tool check before anything is installed.
 .NOTPARALLEL:
 
@@ -116,12 +116,22 @@ render: dev-deps $(SSH_KEY) ## write every artifact of STACK into build/STACK (n
 	$(PY) -m tests.render --stack $(STACK)
 
 K8S_VERSION = $(shell awk '/kube-on-air:kubernetesVersion:/ {print $$2}' Pulumi.$(STACK).yaml)
-# With a built toolchain the node image is made offline from it; otherwise from pkgs.k8s.io and registry.k8s.io.
-IMAGE_SOURCE := $(if $(wildcard $(TOOLCHAIN_DIR)/pieces/images/images.txt),KOA_TOOLCHAIN=$(TOOLCHAIN_DIR))
-image: ## node image with containerd, the pinned Kubernetes binaries and every kubeadm image (toolchain or pkgs.k8s.io)
-	sudo KOA_KUBERNETES_VERSION=$(K8S_VERSION) $(IMAGE_SOURCE) KOA_IMAGE_OUT=$(CURDIR)/build/node-image.qcow2 tools/build-image.sh
+# What an offline host takes from directories its user fills (README: Offline hosts).
+OFFLINE_DIR ?= $(HOME)/.cache/kube-on-air/offline
+PLUGIN_DIR ?= $(OFFLINE_DIR)/plugins
+IMAGE_DIR ?= $(OFFLINE_DIR)/images
+# With a built toolchain the node image is made offline from it (and IMAGE_DIR); otherwise from pkgs.k8s.io and registry.k8s.io.
+IMAGE_SOURCE := $(if $(wildcard $(TOOLCHAIN_DIR)/pieces/images/images.txt),KOA_TOOLCHAIN=$(TOOLCHAIN_DIR) KOA_IMAGE_DIR=$(IMAGE_DIR))
+# debootstrap and chroot need root: sudo only when make is not already root.
+AS_ROOT := $(if $(filter 0,$(shell id -u)),,sudo)
+image: deps ## node image with containerd, the pinned Kubernetes binaries and every image STACK runs (toolchain + IMAGE_DIR, or pkgs.k8s.io)
+	$(AS_ROOT) KOA_KUBERNETES_VERSION=$(K8S_VERSION) $(IMAGE_SOURCE) KOA_REQUIRED_IMAGES="$$($(PY) -m tools.offline images $(STACK) | tr '\n' ' ')" \
+	  KOA_IMAGE_OUT=$(CURDIR)/build/node-image.qcow2 tools/build-image.sh
 	@echo "pulumi config set --stack $(STACK) kube-on-air:imageSource $(CURDIR)/build/node-image.qcow2"
 	@echo "pulumi config set --stack $(STACK) kube-on-air:prebaked true"
+
+plugins: deps ## register the libvirt and command plugins and the Python language host from PLUGIN_DIR into the toolchain
+	$(PY) -m tools.offline plugins $(PLUGIN_DIR)
 
 bench: dev-deps $(SSH_KEY) ## evaluation time and dependency chain for 1+3, 1+30, 1+100 workers
 	$(PY) -m tests.bench
@@ -131,3 +141,8 @@ toolchain: deps ## build the Pulumi CLI, provider plugins, Kubernetes and its im
 
 test-toolchain: dev-deps ## the built kubeadm validates every rendered config; pulumi and plugins at the pinned versions
 	$(PY) -m pytest -q -m toolchain tests/toolchain
+
+e2e: dev-deps ## a real `pulumi up` of the e2e stack, then its lifecycle (root; toolchain, plugins, IMAGE_DIR; ~1 h under emulation)
+	@$(PY) -m tools.offline status || { echo "make e2e: build and register what is missing first (README: End-to-end)" >&2; exit 1; }
+	$(MAKE) --no-print-directory image STACK=e2e
+	$(PY) -m pytest -q -m e2e -p no:cacheprovider tests/e2e

@@ -95,11 +95,11 @@ def test_the_manifest_lists_every_piece(tmp_path: Path) -> None:
     (tmp_path / "pieces").mkdir()
     earlier = {"piece": "kubernetes", "status": "built", "source": "k8s.io/kubernetes@v1.34.2"}
     (tmp_path / "pieces" / "kubernetes.json").write_text(json.dumps(earlier))
-    now = [{"piece": "kuard", "status": "unavailable", "reason": "403", "this_run": "tried"}]
+    now = [{"piece": "cri-tools", "status": "unavailable", "reason": "403", "this_run": "tried"}]
     entries = {e["piece"]: e for e in build.manifest_entries(tmp_path, now)}
     assert list(entries) == [p.name for p in build.PIECES]
     assert entries["kubernetes"] == earlier
-    assert entries["kuard"] == {"piece": "kuard", "status": "unavailable", "reason": "403"}
+    assert entries["cri-tools"] == {"piece": "cri-tools", "status": "unavailable", "reason": "403"}
     assert entries["pulumi"] == {"piece": "pulumi", "status": "not built yet"}
 
 
@@ -116,8 +116,6 @@ def test_python_sdks_match_the_pieces_built() -> None:
     pins = dict(line.split("==") for line in (build.ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
     assert pins["pulumi"] == build.PULUMI_VERSION
     assert pins["pulumi-kubernetes"] == build.KUBERNETES_PROVIDER[0]
-    assert pins["pulumi-libvirt"] == build.LIBVIRT_PROVIDER[0]
-    assert pins["pulumi-command"] == build.COMMAND_PROVIDER[0]
 
 
 def test_missing_build_tools_are_named_before_anything_runs(

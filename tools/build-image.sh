@@ -34,6 +34,10 @@
 #                    (templates/image/) and the image archives of `make toolchain` (DIR is its
 #                    toolchain/current) instead of pkgs.k8s.io and registry.k8s.io; CNI plugins,
 #                    conntrack and the other node tools come from Debian
+#   KOA_IMAGE_DIR=DIR with KOA_TOOLCHAIN: every docker-archive (*.tar) in DIR is imported too (the
+#                    CNI's and workloads' images, which the toolchain cannot build; README: Offline)
+#   KOA_REQUIRED_IMAGES="REF ..." with KOA_TOOLCHAIN: image references the stack runs; the build stops
+#                    with one line naming those in neither the toolchain nor KOA_IMAGE_DIR
 #   KOA_PREPULL_IMAGES=1 (default with a version) fetch `kubeadm config images list` plus the
 #                    program's containerd sandbox image into containerd (k8s.io namespace) inside the
 #                    image; 0: leave them to `kubeadm init`/`join` at first use
@@ -100,6 +104,32 @@ if [[ -n $toolchain ]]; then
     # Node tools the upstream .debs would pull in, and the CNI plugins, from Debian.
     PACKAGES+=(conntrack iptables ethtool socat ebtables containernetworking-plugins)
     variant="$variant source=toolchain:$(sha256sum "$toolchain/manifest.json" "$repo_root/templates/image/"* | sha256sum | cut -c1-16)"
+    image_dir=${KOA_IMAGE_DIR:-}
+    extra_archives=()
+    if [[ -n $image_dir && -d $image_dir ]]; then
+        mapfile -t extra_archives < <(find "$(readlink -f "$image_dir")" -maxdepth 1 -name '*.tar' -type f | sort)
+        ((${#extra_archives[@]} == 0)) ||
+            variant="$variant archives:$(sha256sum "${extra_archives[@]}" | cut -c1-64 | sha256sum | cut -c1-16)"
+    fi
+    # Every reference the toolchain's archives and the directory's carry (docker-archive manifest.json).
+    archive_refs() {
+        local archive
+        for archive in "$@"; do
+            tar -xOf "$archive" manifest.json |
+                python3 -c 'import json, sys; print("\n".join(t for m in json.load(sys.stdin) for t in m.get("RepoTags") or []))'
+        done
+    }
+    missing_images=()
+    if [[ -n ${KOA_REQUIRED_IMAGES:-} ]]; then
+        mapfile -t toolchain_archives < <(awk -v d="$toolchain/pieces/images/" '{ print d $2 }' "$toolchain/pieces/images/images.txt")
+        offered=$(archive_refs "${toolchain_archives[@]}" "${extra_archives[@]}")
+        for ref in $KOA_REQUIRED_IMAGES; do
+            grep -qxF "$ref" <<<"$offered" || missing_images+=("$ref")
+        done
+    fi
+    ((${#missing_images[@]} == 0)) ||
+        die "the stack runs ${missing_images[*]}, in neither the toolchain nor KOA_IMAGE_DIR=${image_dir:-(unset)}:" \
+            "put a docker-archive of each there (on a connected host: skopeo copy docker://REF docker-archive:FILE.tar:REF)"
 fi
 ((${#without[@]} == 0)) || variant="without=$(IFS=,; printf '%s' "${without[*]}")"
 
@@ -247,27 +277,31 @@ if ((${#without[@]} > 0)); then
 fi
 
 # Pinned Kubernetes packages from pkgs.k8s.io, as install-kubernetes.sh.j2 does at boot.
-# Image archives of the toolchain into the image's containerd, stored unpacked-on-first-use as with
-# `content fetch` below (unpacking needs overlay mounts the build tree does not have).
+# Image archives of the toolchain and of KOA_IMAGE_DIR into the image's containerd, unpacked into
+# its overlayfs snapshots here: a layer left packed is unpacked by the kubelet's first container
+# start, which then overran its 2-minute CreateContainer deadline under emulation.
 import_archives() {
-    local sock=$1 ref archive flags=()
-    in_chroot ctr images import --help 2>/dev/null | grep -q -- --no-unpack && flags+=(--no-unpack)
+    local sock=$1 archive
     mkdir -p "$rootfs/run/koa-prepull/archives"
-    while read -r ref archive; do
-        cp "$toolchain/pieces/images/$archive" "$rootfs/run/koa-prepull/archives/$archive"
-        in_chroot ctr --address "$sock" -n k8s.io images import "${flags[@]}" "/run/koa-prepull/archives/$archive" \
-            >>"$work/pull.log" 2>&1 || { tail -n 20 "$work/pull.log" >&2; die "importing $ref ($archive) failed"; }
-        rm "$rootfs/run/koa-prepull/archives/$archive"
-    done <"$toolchain/pieces/images/images.txt"
+    mapfile -t toolchain_archives < <(awk -v d="$toolchain/pieces/images/" '{ print d $2 }' "$toolchain/pieces/images/images.txt")
+    for archive in "${toolchain_archives[@]}" "${extra_archives[@]}"; do
+        cp "$archive" "$rootfs/run/koa-prepull/archives/import.tar"
+        in_chroot ctr --address "$sock" -n k8s.io images import --snapshotter overlayfs /run/koa-prepull/archives/import.tar \
+            >>"$work/pull.log" 2>&1 || { tail -n 20 "$work/pull.log" >&2; die "importing $archive failed"; }
+        rm "$rootfs/run/koa-prepull/archives/import.tar"
+    done
 }
 
 # The same binaries, units and images from `make toolchain`: no pkgs.k8s.io, no registry.
 install_from_toolchain() {
     log "installing kubelet, kubeadm, kubectl $k8s_version from $toolchain"
     local tool
-    for tool in kubeadm kubelet kubectl; do
+    for tool in kubeadm kubelet kubectl crictl; do
         install -m 0755 "$toolchain/bin/$tool" "$rootfs/usr/bin/$tool"
     done
+    # crictl talks to containerd without flags, as the cri-tools package sets it up.
+    printf 'runtime-endpoint: unix:///run/containerd/containerd.sock\nimage-endpoint: unix:///run/containerd/containerd.sock\n' \
+        >"$rootfs/etc/crictl.yaml"
     install -m 0644 "$repo_root/templates/image/kubelet.service" "$rootfs/lib/systemd/system/kubelet.service"
     install -d "$rootfs/lib/systemd/system/kubelet.service.d"
     install -m 0644 "$repo_root/templates/image/10-kubeadm.conf" "$rootfs/lib/systemd/system/kubelet.service.d/10-kubeadm.conf"
@@ -344,6 +378,8 @@ EOF
             done
         fi
         listed=$(in_chroot ctr --address "$sock" -n k8s.io images list -q)
+        # shellcheck disable=SC2206 # a list of references, split on spaces
+        [[ -z $toolchain ]] || images+=(${KOA_REQUIRED_IMAGES:-})
         for ref in "${images[@]}"; do
             grep -qxF "$ref" <<<"$listed" || die "$ref is not in the image's containerd after the pre-pull"
         done

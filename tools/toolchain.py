@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from components.workloads import DNSTOOLS_IMAGE
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("KOA_TOOLCHAIN_CACHE", Path.home() / ".cache" / "kube-on-air" / "toolchain"))
 
@@ -35,14 +37,12 @@ PULUMI_VERSION = "3.260.0"
 # pulumi-kubernetes has no provider/ tags; its v4.25.0 tag is commit f47bc2d6f199, the one
 # pseudo-version of provider/v4 the proxy serves. The Python SDK is pinned to the same release.
 KUBERNETES_PROVIDER = ("4.25.0", "v4.0.0-20260115033456-f47bc2d6f199")
-# Provider plugins and images whose sources the proxy refuses (403) at the versions we pin. They stay
-# in the list so the manifest says so, and are tried again on every run.
-LIBVIRT_PROVIDER = ("0.5.4", "github.com/pulumi/pulumi-libvirt/provider@v0.0.0-20250102165834-551204e65927")
-COMMAND_PROVIDER = ("1.2.1", "github.com/pulumi/pulumi-command/provider@v0.0.0-20260303235922-7f3eb6f3b77c")
-# The Python language host is its own, untagged module; only the pkg tag's commit resolves.
-LANGUAGE_PYTHON = "github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3@v3.0.0-20260713105300-31997188e2ca"
-KUBE_ROUTER = "github.com/cloudnativelabs/kube-router/v2@v2.11.1"
-KUARD = "github.com/kubernetes-up-and-running/kuard@v0.10.0"
+# crictl, the CRI client every kubeadm troubleshooting guide reaches for first, at the minor of
+# the pinned Kubernetes.
+CRI_TOOLS = "v1.34.0"
+# The provider plugins, the Python language host, kube-router and kuard are not built here: the
+# module proxy refuses their sources for good. They come from a directory the user names
+# (tools/offline.py: `make plugins`, `make image`), as they would on any offline host.
 
 KUBERNETES_COMMANDS = (
     "kubeadm",
@@ -251,6 +251,13 @@ def build_kubernetes_provider(ctx: Context, work: Path, out: Path) -> str:
     return f"{module}@{pseudo} (v{version})"
 
 
+def build_crictl(ctx: Context, work: Path, out: Path) -> str:
+    module = "sigs.k8s.io/cri-tools"
+    wrapper_module(ctx, work, module, CRI_TOOLS)
+    go_build(ctx, work, out / "crictl", [f"{module}/cmd/crictl"], f"-X {module}/pkg/version.Version={CRI_TOOLS}")
+    return f"{module}@{CRI_TOOLS}"
+
+
 def build_agnhost(ctx: Context, work: Path, out: Path) -> str:
     """agnhost from the test tree of the pinned Kubernetes, whose VERSION file names its image tag."""
     version = f"v{kubernetes_version()}"
@@ -267,6 +274,8 @@ def build_agnhost(ctx: Context, work: Path, out: Path) -> str:
 DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # kube-proxy programs iptables/ipset itself: its image needs those tools, the others a bare rootfs.
 PROXY_PACKAGES = "iptables,ipset,iproute2,conntrack,kmod"
+# dnstools: what infoblox/dnstools offered (dig, nslookup, host, curl, ping), from Debian packages.
+DNSTOOLS_PACKAGES = "bash,dnsutils,curl,iputils-ping,ca-certificates"
 MINIMAL_FILES = {
     "etc/passwd": "root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n",
     "etc/group": "root:x:0:\nnogroup:x:65534:\n",
@@ -280,10 +289,10 @@ class Image:
     """One image: its reference exactly as kubeadm or our manifests name it, and what goes inside."""
 
     ref: str
-    binary: str  # a file of the pieces/ tree, as <piece>/<file>
+    binary: str | None  # a file of the pieces/ tree, as <piece>/<file>
     path: str  # where it lies in the image
     entrypoint: bool  # kubeadm's static pods name a command; Deployments rely on the entrypoint
-    debian: bool = False
+    debian_packages: str | None = None  # a Debian rootfs with these packages, else a bare one
 
 
 def images_to_build(home: Path) -> list[Image]:
@@ -296,11 +305,18 @@ def images_to_build(home: Path) -> list[Image]:
     ]
     return [
         *control_plane,
-        Image(f"registry.k8s.io/kube-proxy:{k8s}", "kubernetes/kube-proxy", "/usr/local/bin/kube-proxy", False, True),
+        Image(
+            f"registry.k8s.io/kube-proxy:{k8s}",
+            "kubernetes/kube-proxy",
+            "/usr/local/bin/kube-proxy",
+            False,
+            PROXY_PACKAGES,
+        ),
         Image(f"registry.k8s.io/etcd:{versions['etcd']}", "etcd/etcd", "/usr/local/bin/etcd", False),
         Image(f"registry.k8s.io/coredns/coredns:{versions['coredns']}", "coredns/coredns", "/coredns", True),
         Image(f"registry.k8s.io/pause:{versions['pause']}", "pause/pause", "/pause", True),
         Image(f"registry.k8s.io/e2e-test-images/agnhost:{agnhost}", "agnhost/agnhost", "/agnhost", True),
+        Image(DNSTOOLS_IMAGE, None, "/bin/bash", True, DNSTOOLS_PACKAGES),
     ]
 
 
@@ -308,11 +324,11 @@ def archive_name(ref: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", ref.split("/", 1)[1]) + ".tar"
 
 
-def debian_rootfs(ctx: Context, work: Path) -> Path:
-    tarball = work / "debian-proxy-base.tar"
+def debian_rootfs(ctx: Context, work: Path, packages: str) -> Path:
+    tarball = work / f"debian-{hashlib.sha256(packages.encode()).hexdigest()[:12]}.tar"
     if not tarball.exists():
         suite = ["bookworm", str(tarball), DEBIAN_MIRROR]
-        ctx.run(["mmdebstrap", "--quiet", "--variant=essential", f"--include={PROXY_PACKAGES}", *suite], work)
+        ctx.run(["mmdebstrap", "--quiet", "--variant=essential", f"--include={packages}", *suite], work)
     return tarball
 
 
@@ -324,16 +340,17 @@ def build_image(ctx: Context, work: Path, out: Path, image: Image) -> None:
     ctx.run(["umoci", "new", "--image", f"{layout}:{tag}"], work)
     ctx.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:{tag}", str(bundle)], work)
     rootfs = bundle / "rootfs"
-    if image.debian:
-        ctx.run(["tar", "-xf", str(debian_rootfs(ctx, work)), "-C", str(rootfs)], work)
+    if image.debian_packages:
+        ctx.run(["tar", "-xf", str(debian_rootfs(ctx, work, image.debian_packages)), "-C", str(rootfs)], work)
     else:
         for relative, text in MINIMAL_FILES.items():
             (rootfs / relative).parent.mkdir(parents=True, exist_ok=True)
             (rootfs / relative).write_text(text)
         (rootfs / "tmp").mkdir(mode=0o1777, exist_ok=True)
-    target = rootfs / image.path.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(ctx.home / "pieces" / image.binary, target)
+    if image.binary:
+        target = rootfs / image.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ctx.home / "pieces" / image.binary, target)
     ctx.run(["umoci", "repack", "--image", f"{layout}:{tag}", str(bundle)], work)
     config = ["umoci", "config", "--image", f"{layout}:{tag}", "--config.env", PATH_ENV, "--os", "linux"]
     config += ["--architecture", "amd64"]
@@ -353,16 +370,6 @@ def build_images(ctx: Context, work: Path, out: Path) -> str:
     return "umoci + skopeo over the built pieces: " + ", ".join(i.ref.rsplit("/", 1)[1] for i in images)
 
 
-def refused(module_at_version: str) -> Callable[[Context, Path, Path], str]:
-    """A piece whose source we pin but the proxy refuses today: tried on every run, built when served."""
-
-    def build(ctx: Context, work: Path, out: Path) -> str:
-        ctx.download(module_at_version, work)
-        raise RuntimeError(f"{module_at_version} is served now: teach tools/toolchain.py to build it")
-
-    return build
-
-
 @dataclass(frozen=True)
 class Piece:
     name: str
@@ -379,11 +386,7 @@ PIECES = (
     Piece("images", build_images, needs_versions=True),
     Piece("pulumi", build_pulumi),
     Piece("pulumi-resource-kubernetes", build_kubernetes_provider),
-    Piece("pulumi-language-python", refused(LANGUAGE_PYTHON)),
-    Piece("pulumi-resource-libvirt", refused(LIBVIRT_PROVIDER[1])),
-    Piece("pulumi-resource-command", refused(COMMAND_PROVIDER[1])),
-    Piece("kube-router", refused(KUBE_ROUTER)),
-    Piece("kuard", refused(KUARD)),
+    Piece("cri-tools", build_crictl),
 )
 
 
@@ -396,7 +399,7 @@ def cache_key(go: str) -> str:
         "kubernetes": kubernetes_version(),
         "pulumi": PULUMI_VERSION,
         "kubernetes-provider": KUBERNETES_PROVIDER,
-        "refused": [LANGUAGE_PYTHON, LIBVIRT_PROVIDER, COMMAND_PROVIDER, KUBE_ROUTER, KUARD],
+        "cri-tools": CRI_TOOLS,
     }
     return hashlib.sha256(json.dumps(pins, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -461,44 +464,46 @@ def record_image_versions(home: Path) -> None:
         path.write_text(json.dumps(wanted, indent=2, sort_keys=True) + "\n")
 
 
-PLUGINS = {
-    "pulumi-resource-kubernetes": ("kubernetes", KUBERNETES_PROVIDER[0]),
-    "pulumi-resource-libvirt": ("libvirt", LIBVIRT_PROVIDER[0]),
-    "pulumi-resource-command": ("command", COMMAND_PROVIDER[0]),
-}
+def pulumi_env(home: Path) -> dict[str, str]:
+    """The toolchain's own PULUMI_HOME: plugins registered there, never downloaded."""
+    return {**os.environ, "PULUMI_HOME": str(home / "pulumi-home"), "PULUMI_SKIP_UPDATE_CHECK": "true"}
 
 
-def registered_plugins(home: Path) -> dict[str, str]:
-    """Plugin name -> version of every provider plugin this toolchain holds."""
-    return {name: version for exe, (name, version) in PLUGINS.items() if (home / "bin" / exe).exists()}
+def plugin_registered(home: Path, name: str, version: str) -> bool:
+    return (home / "pulumi-home" / "plugins" / f"resource-{name}-v{version}").is_dir()
 
 
-def register_plugins(home: Path) -> None:
-    """`pulumi plugin install --file` into the toolchain's own PULUMI_HOME: the engine never downloads."""
-    pulumi = home / "bin" / "pulumi"
-    if not pulumi.exists():
-        return
-    env = {**os.environ, "PULUMI_HOME": str(home / "pulumi-home"), "PULUMI_SKIP_UPDATE_CHECK": "true"}
-    for name, version in registered_plugins(home).items():
-        if (home / "pulumi-home" / "plugins" / f"resource-{name}-v{version}").is_dir():
-            continue
-        exe = next(e for e, (n, _) in PLUGINS.items() if n == name)
-        subprocess.run(
-            [str(pulumi), "plugin", "install", "resource", name, version, "--file", str(home / "bin" / exe)],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        print(f"[toolchain] registered plugin resource {name} {version}", flush=True)
+def register_plugin(home: Path, name: str, version: str, binary: Path) -> None:
+    """`pulumi plugin install --file` into the toolchain's PULUMI_HOME."""
+    subprocess.run(
+        [str(home / "bin" / "pulumi"), "plugin", "install", "resource", name, version, "--file", str(binary)],
+        env=pulumi_env(home),
+        check=True,
+        capture_output=True,
+    )
+    print(f"[toolchain] registered plugin resource {name} {version}", flush=True)
+
+
+def register_kubernetes_plugin(home: Path) -> None:
+    """The one provider plugin built here; the others come from a directory (tools/offline.py)."""
+    binary = home / "pieces" / "pulumi-resource-kubernetes" / "pulumi-resource-kubernetes"
+    version = KUBERNETES_PROVIDER[0]
+    if (home / "bin" / "pulumi").exists() and binary.exists() and not plugin_registered(home, "kubernetes", version):
+        register_plugin(home, "kubernetes", version, binary)
 
 
 def link_bin(home: Path) -> None:
-    """bin/: every built executable under one directory, and `current` pointing at this key."""
+    """bin/: every built executable under one directory, and `current` pointing at this key.
+
+    Provider plugins stay out: registered in PULUMI_HOME, a copy on PATH would make the engine warn
+    "using pulumi-resource-kubernetes from $PATH" on every run."""
     bin_dir = home / "bin"
     bin_dir.mkdir(exist_ok=True)
     for exe in sorted((home / "pieces").glob("*/*")):
         link = bin_dir / exe.name
-        if exe.is_file() and os.access(exe, os.X_OK) and not link.exists():
+        if exe.name.startswith("pulumi-resource-"):
+            link.unlink(missing_ok=True)
+        elif exe.is_file() and os.access(exe, os.X_OK) and not link.exists():
             link.symlink_to(exe)
     current = home.parent / "current"
     tmp = home.parent / ".current.tmp"
@@ -571,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         print(progress(record), flush=True)
     record_image_versions(home)
     link_bin(home)
-    register_plugins(home)
+    register_kubernetes_plugin(home)
     entries = manifest_entries(home, records)
     manifest = {"key": home.name, "go": go, "pieces": entries}
     (home / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

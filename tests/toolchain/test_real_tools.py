@@ -16,6 +16,7 @@ import pytest
 from components.render import sandbox_image
 from components.workloads import AGNHOST_IMAGE
 from tests.render import render_stack
+from tools import offline
 from tools import toolchain as build
 
 pytestmark = pytest.mark.toolchain
@@ -159,10 +160,12 @@ def test_plugins_are_registered_at_the_sdk_versions(toolchain: Path) -> None:
         [str(pulumi), "plugin", "ls", "--json"], capture_output=True, text=True, env=pulumi_env(toolchain), check=True
     )
     listed = {(p["name"], p["version"]) for p in json.loads(done.stdout) if p["kind"] == "resource"}
-    built = build.registered_plugins(toolchain)
-    assert built, "no provider plugin was built"
-    assert set(built.items()) <= listed
     assert ("kubernetes", build.KUBERNETES_PROVIDER[0]) in listed
+    # From a directory (make plugins) at the versions the Python SDKs pin, once registered.
+    registered = {
+        (p.name, p.version) for p in offline.offline_plugins() if build.plugin_registered(toolchain, p.name, p.version)
+    }
+    assert registered <= listed
 
 
 def test_containerd_sandboxes_pods_with_the_pause_kubeadm_names(kubeadm: Path) -> None:
