@@ -2,7 +2,7 @@
 
 import pulumi
 
-from components import hostkeys, identity, preflight
+from components import host_facts, hostkeys, identity, preflight
 from components.cluster import Cluster, ClusterArgs, export_outputs
 from components.config import ConfigError, load_from_pulumi
 
@@ -17,5 +17,5 @@ except (ConfigError, preflight.PreflightError) as err:
     # A user mistake or an unfit host gets the message, not a traceback, and nothing is registered.
     raise pulumi.RunError(str(err)) from None
 
-cluster = Cluster("kube-on-air", ClusterArgs(config, host_keys))
+cluster = Cluster("kube-on-air", ClusterArgs(config, host_keys, host_facts.kept_store(config)))
 export_outputs(config, cluster)

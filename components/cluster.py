@@ -8,10 +8,12 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_libvirt as libvirt
+from pulumi_command import remote
 
 from components import hostkeys, render, ssh
 from components.cni import Cni, CniArgs
 from components.config import ClusterConfig
+from components.host_facts import KeptStore
 from components.hostkeys import HostKey
 from components.kubeadm import ControlPlane, ControlPlaneArgs, WorkerJoin, WorkerJoinArgs
 from components.network import ClusterNetwork, ClusterNetworkArgs
@@ -25,6 +27,7 @@ from components.workloads import Workloads, WorkloadsArgs
 class ClusterArgs:
     config: ClusterConfig
     host_keys: Mapping[str, HostKey]
+    kept_store: KeptStore | None = None
 
 
 class Cluster(pulumi.ComponentResource):
@@ -39,7 +42,7 @@ class Cluster(pulumi.ComponentResource):
         )
         on_host = pulumi.ResourceOptions(parent=self, providers=[self.libvirt])
         self.network = ClusterNetwork(f"{name}-network", ClusterNetworkArgs(config), on_host)
-        self.store = ImageStore(f"{name}-images", ImageStoreArgs(config), on_host)
+        self.store = ImageStore(f"{name}-images", ImageStoreArgs(config, args.kept_store), on_host)
         self.nodes = {
             spec.name: Node(
                 spec.name,
@@ -76,13 +79,24 @@ class Cluster(pulumi.ComponentResource):
             for spec in config.workers
         ]
         self.kubeconfig = self.control_plane.kubeconfig
+        joined: list[pulumi.Resource] = [join.join for join in self.joins]
+        # The Kubernetes provider fails every resource at once if the API server is down when it
+        # starts; on a slow host it restarts a few times after init and the joins.
+        self.api_steady = remote.Command(
+            f"{name}-api-steady",
+            connection=access.connection(cp),
+            create=render.api_steady_script(config),
+            add_previous_output_in_env=False,
+            triggers=[self.control_plane.init.id, *[join.join.id for join in self.joins]],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.control_plane.fetch_kubeconfig, *joined]),
+        )
         self.kubernetes = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
             enable_server_side_apply=True,
             # A destroyed or unreachable cluster must not block `pulumi destroy`.
             delete_unreachable=True,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[join.join for join in self.joins]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.api_steady]),
         )
         self.cni = Cni(f"{name}-cni", CniArgs(config, self.kubernetes), pulumi.ResourceOptions(parent=self))
         self.workloads: Workloads | None = None
@@ -101,6 +115,7 @@ class Cluster(pulumi.ComponentResource):
             "cloud-init-done": [node.ready for node in self.nodes.values()],
             "kubeadm-init": [self.control_plane.init],
             "joins": [join.join for join in self.joins] or [self.control_plane.init],
+            "api-steady": [self.api_steady],
             "cni-ready": [self.cni],
         }
         if self.workloads is not None:

@@ -37,6 +37,7 @@ from pulumi_kubernetes.rbac.v1 import (
 )
 
 from components.config import ClusterConfig
+from components.tolerances import Probe, Tolerances
 
 KUBE_ROUTER_IMAGE = "docker.io/cloudnativelabs/kube-router:v2.11.1"
 CALICO_MANIFEST = "https://raw.githubusercontent.com/projectcalico/calico/v3.29.3/manifests/calico.yaml"
@@ -70,6 +71,11 @@ INSTALL_CNI = (
 )
 
 
+def images(cni: str) -> tuple[str, ...]:
+    """The images a node runs for this CNI (calico's come from its manifest and are not listed)."""
+    return (KUBE_ROUTER_IMAGE,) if cni == "kube-router" else ()
+
+
 @dataclass(frozen=True)
 class CniArgs:
     config: ClusterConfig
@@ -86,10 +92,10 @@ class Cni(pulumi.ComponentResource):
             # Calico auto-detects kubeadm's pod subnet; its manifest is applied as published upstream.
             self.calico = k8s.yaml.v2.ConfigFile(f"{name}-calico", file=CALICO_MANIFEST, opts=child)
         else:
-            self._kube_router(name, child)
+            self._kube_router(name, child, args.config.tolerances)
         self.register_outputs({"cni": args.config.cni})
 
-    def _kube_router(self, name: str, child: pulumi.ResourceOptions) -> None:
+    def _kube_router(self, name: str, child: pulumi.ResourceOptions, patience: Tolerances) -> None:
         meta = ObjectMetaArgs(name="kube-router", namespace=NAMESPACE, labels=LABELS)
         self.service_account = ServiceAccount(f"{name}-sa", metadata=meta, opts=child)
         self.cluster_role = ClusterRole(
@@ -116,11 +122,19 @@ class Cni(pulumi.ComponentResource):
             metadata=meta,
             spec=DaemonSetSpecArgs(
                 selector=LabelSelectorArgs(match_labels=LABELS),
-                template=PodTemplateSpecArgs(metadata=ObjectMetaArgs(labels=LABELS), spec=_kube_router_pod()),
+                template=PodTemplateSpecArgs(
+                    metadata=ObjectMetaArgs(labels=LABELS), spec=_kube_router_pod(patience.kube_router_liveness)
+                ),
             ),
             opts=pulumi.ResourceOptions.merge(
                 child,
-                pulumi.ResourceOptions(depends_on=[self.service_account, self.binding, self.cni_config]),
+                pulumi.ResourceOptions(
+                    depends_on=[self.service_account, self.binding, self.cni_config],
+                    # Ready on every node, images started included: the one CNI wait of `pulumi up`.
+                    custom_timeouts=pulumi.CustomTimeouts(
+                        create=f"{patience.cni_await_seconds}s", update=f"{patience.cni_await_seconds}s"
+                    ),
+                ),
             ),
         )
 
@@ -141,7 +155,7 @@ def _host_path(name: str, path: str, kind: str | None = None) -> VolumeArgs:
     return VolumeArgs(name=name, host_path=HostPathVolumeSourceArgs(path=path, type=kind))
 
 
-def _kube_router_pod() -> PodSpecArgs:
+def _kube_router_pod(liveness: Probe) -> PodSpecArgs:
     cni_mount = VolumeMountArgs(name="cni-conf-dir", mount_path="/etc/cni/net.d")
     return PodSpecArgs(
         service_account_name="kube-router",
@@ -176,8 +190,10 @@ def _kube_router_pod() -> PodSpecArgs:
                 ],
                 liveness_probe=ProbeArgs(
                     http_get=HTTPGetActionArgs(path="/healthz", port=20244),
-                    initial_delay_seconds=10,
-                    period_seconds=3,
+                    initial_delay_seconds=liveness.initial_delay_seconds,
+                    period_seconds=liveness.period_seconds,
+                    timeout_seconds=liveness.timeout_seconds,
+                    failure_threshold=liveness.failure_threshold,
                 ),
                 resources=ResourceRequirementsArgs(requests={"cpu": "250m", "memory": "250Mi"}),
                 security_context=SecurityContextArgs(privileged=True),

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from components import tolerances
+from components.tolerances import Tolerances
+
 NAMESPACE = "kube-on-air"
 
 CONTROL_PLANE = "control-plane"
@@ -67,6 +70,7 @@ DEFAULTS: dict[str, str] = {
     "domainType": "kvm",
     "poolPath": "/var/lib/libvirt/images/kube-on-air-{stack}",
     "connectivityTimeoutSeconds": "600",
+    "slowHost": "auto",
 }
 DEFAULT_LIBVIRT_URI = "qemu:///system"
 
@@ -144,6 +148,7 @@ class ClusterConfig:
     domain_type: str
     libvirt_uri: str
     connectivity_timeout_seconds: int
+    tolerances: Tolerances
 
     @property
     def nodes(self) -> tuple[NodeSpec, ...]:
@@ -370,6 +375,13 @@ def _read_choices(reader: _Reader) -> tuple[str, tuple[str, ...], str]:
     return cni, workloads, domain_type
 
 
+def _read_slow_host(reader: _Reader, domain_type: str) -> Tolerances:
+    slow_host = reader.text("slowHost").strip().lower()
+    if slow_host not in tolerances.SLOW_HOST_CHOICES:
+        reader.problem("slowHost", slow_host, "use auto (slow exactly when domainType is qemu), true or false")
+    return tolerances.for_host(slow_host, domain_type)
+
+
 def _read_ssh(reader: _Reader) -> tuple[str, str, str]:
     user = reader.text("sshUser")
     if not _USER.match(user) or user == "root":
@@ -414,6 +426,7 @@ def load(raw: Mapping[str, str | None], stack: str, libvirt_uri: str | None = No
     user, key_path, public_key = _read_ssh(reader)
     host_key_dir = _read_host_key_dir(reader)
     connectivity_timeout = _read_connectivity_timeout(reader)
+    patience = _read_slow_host(reader, domain_type)
     domain = reader.text("dnsDomain").lower()
     if not _DNS_NAME.match(domain):
         reader.problem("dnsDomain", domain, "use a DNS name such as air.internal")
@@ -460,6 +473,7 @@ def load(raw: Mapping[str, str | None], stack: str, libvirt_uri: str | None = No
         domain_type=domain_type,
         libvirt_uri=libvirt_uri or DEFAULT_LIBVIRT_URI,
         connectivity_timeout_seconds=connectivity_timeout,
+        tolerances=patience,
     )
 
 

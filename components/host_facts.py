@@ -14,6 +14,7 @@ What is read where:
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
 import platform
@@ -106,6 +107,8 @@ class HostFacts:
     # The libvirt host, read only when it is this machine.
     kvm_device: bool | None  # /dev/kvm exists
     kvm_accessible: bool | None  # this user may read+write it
+    kvm_device_mode: str | None  # e.g. "crw------- root:root"
+    qemu_kvm_accessible: bool | None  # QEMU's user under qemu:///system may read+write it
     machine: str | None  # platform.machine(), e.g. x86_64
     cpu_virt_flag: str | None  # "vmx", "svm" or "" (neither)
     cpu_hypervisor: bool | None  # this machine is itself a VM
@@ -512,6 +515,48 @@ def _can_enter(directory: Path, uid: int, groups: set[int]) -> bool:
     return bool(st.st_mode & stat.S_IXOTH)
 
 
+def _kvm_device_mode() -> str | None:
+    if not DEV_KVM.exists():
+        return None
+    st = DEV_KVM.stat()
+    return f"{stat.filemode(st.st_mode)} {_user_name(st.st_uid)}:{_group_name(st.st_gid)}"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _qemu_kvm_accessible(qemu_user: str | None) -> bool | None:
+    """Whether QEMU, run by libvirtd as `qemu_user` with its groups and qemu.conf's `group`, may open /dev/kvm."""
+    if qemu_user is None or not DEV_KVM.exists():
+        return None
+    entry = pwd.getpwnam(qemu_user)
+    groups = set(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    configured = (_qemu_conf_value("group") or "").lstrip("+")
+    if configured:
+        groups.add(int(configured) if configured.isdigit() else grp.getgrnam(configured).gr_gid)
+    st = DEV_KVM.stat()
+    if entry.pw_uid == 0:
+        return True
+    if st.st_uid == entry.pw_uid:
+        wanted = stat.S_IRUSR | stat.S_IWUSR
+    elif st.st_gid in groups:
+        wanted = stat.S_IRGRP | stat.S_IWGRP
+    else:
+        wanted = stat.S_IROTH | stat.S_IWOTH
+    return st.st_mode & wanted == wanted
+
+
 def _pool_blocked_dir(config: ClusterConfig, qemu_user: str | None) -> str | None:
     """First existing directory on the pool path that QEMU's user may not enter (DAC, not AppArmor).
 
@@ -608,6 +653,8 @@ def gather_host_facts(config: ClusterConfig) -> HostFacts:
         ssh_key_error=_safe(lambda: _ssh_key_error(config.ssh_key_path), None),
         kvm_device=local(DEV_KVM.exists),
         kvm_accessible=local(lambda: os.access(DEV_KVM, os.R_OK | os.W_OK)),
+        kvm_device_mode=local(_kvm_device_mode),
+        qemu_kvm_accessible=local(lambda: _qemu_kvm_accessible(qemu_user)),
         machine=local(platform.machine),
         cpu_virt_flag=cpu_flag,
         cpu_hypervisor=hypervisor,
@@ -631,3 +678,28 @@ def gather_host_facts(config: ClusterConfig) -> HostFacts:
 def describe(facts: HostFacts) -> str:
     """One line per fact, for logs (`pulumi.log.info`) and bug reports."""
     return "\n".join(f"{name}: {value!r}" for name, value in vars(facts).items())
+
+
+@dataclass(frozen=True)
+class KeptStore:
+    """The pool and base image a `keepBaseImage: true` destroy left behind, as libvirt names them."""
+
+    pool_uuid: str
+    base_volume_key: str | None
+
+
+def kept_store(config: ClusterConfig) -> KeptStore | None:
+    """The stack's pool and base volume when libvirt holds them but no control-plane domain: what a
+    destroy with keepBaseImage leaves. None otherwise, or when libvirt cannot say."""
+    virsh = shutil.which("virsh") if config.keep_base_image else None
+    if virsh is None:
+        return None
+    code, out, _ = _virsh_batch(virsh, config.libvirt_uri, [f"pool-uuid {config.pool_name}"])
+    pool_uuid = out.strip()
+    if code != 0 or not pool_uuid:
+        return None
+    code, _, _ = _virsh_batch(virsh, config.libvirt_uri, [f"domuuid {config.control_plane.libvirt_name}"])
+    if code != 1:  # 0: a cluster runs on this store; None: virsh did not answer
+        return None
+    code, out, _ = _virsh_batch(virsh, config.libvirt_uri, [f"vol-key {BASE_VOLUME} --pool {config.pool_name}"])
+    return KeptStore(pool_uuid, out.strip() if code == 0 and out.strip() else None)

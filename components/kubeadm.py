@@ -34,7 +34,7 @@ class ControlPlane(pulumi.ComponentResource):
         self.init = remote.Command(
             f"{name}-init",
             connection=conn,
-            create=render.kubeadm_init_script(),
+            create=render.kubeadm_init_script(config),
             stdin=render.kubeadm_config(config),
             add_previous_output_in_env=False,
             triggers=[args.node_ready.id],

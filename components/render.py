@@ -133,10 +133,42 @@ def wait_ready_script(config: ClusterConfig, node: NodeSpec) -> str:
     )
 
 
+# kubeadm reads its static pod patches from here at init (InitConfiguration.patches).
+PATCHES_DIRECTORY = "/var/lib/kube-on-air/patches"
+CONTROL_PLANE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")
+
+
+def static_pod_patches(config: ClusterConfig) -> dict[str, str]:
+    """File name -> strategic merge patch for each control-plane static pod, on a slow host only."""
+    patience = config.tolerances
+    if patience.control_plane_liveness_failures is None or patience.control_plane_startup_failures is None:
+        return {}
+    return {
+        f"{component}+strategic.yaml": render(
+            "kubeadm/static-pod-patch.yaml.j2",
+            component=component,
+            liveness_failures=patience.control_plane_liveness_failures,
+            startup_failures=patience.control_plane_startup_failures,
+        ).rstrip("\n")
+        for component in CONTROL_PLANE_COMPONENTS
+    }
+
+
+def _etcd_args(config: ClusterConfig) -> dict[str, str]:
+    patience = config.tolerances
+    if patience.etcd_heartbeat_ms is None or patience.etcd_election_ms is None:
+        return {}
+    return {"heartbeat-interval": str(patience.etcd_heartbeat_ms), "election-timeout": str(patience.etcd_election_ms)}
+
+
 def kubeadm_config(config: ClusterConfig) -> str:
     cp = config.control_plane
     return render(
         "kubeadm/kubeadm-config.yaml.j2",
+        timeouts=config.tolerances.kubeadm_timeouts,
+        patches_directory=PATCHES_DIRECTORY if static_pod_patches(config) else "",
+        etcd_args=_etcd_args(config),
+        runtime_request_timeout=config.tolerances.kubelet_runtime_request_timeout,
         advertise_address=cp.ip,
         node_name=cp.name,
         untaint_control_plane=not config.workers,
@@ -156,11 +188,27 @@ def join_config(config: ClusterConfig, node: NodeSpec, token: str, ca_cert_hash:
         ca_cert_hash=ca_cert_hash,
         node_name=node.name,
         node_ip=node.ip,
+        timeouts=config.tolerances.kubeadm_timeouts,
     )
 
 
-def kubeadm_init_script() -> str:
-    return render("scripts/kubeadm-init.sh.j2")
+def kubeadm_init_script(config: ClusterConfig) -> str:
+    return render(
+        "scripts/kubeadm-init.sh.j2",
+        patches=static_pod_patches(config),
+        patches_directory=PATCHES_DIRECTORY,
+        api_wait_seconds=config.tolerances.api_steady_timeout_seconds,
+    )
+
+
+def api_steady_script(config: ClusterConfig) -> str:
+    patience = config.tolerances
+    return render(
+        "scripts/api-steady.sh.j2",
+        checks=patience.api_steady_checks,
+        interval_seconds=patience.api_steady_interval_seconds,
+        timeout_seconds=patience.api_steady_timeout_seconds,
+    )
 
 
 def join_credentials_script(node: NodeSpec) -> str:

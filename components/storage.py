@@ -8,11 +8,15 @@ import pulumi
 import pulumi_libvirt as libvirt
 
 from components.config import BASE_VOLUME, ClusterConfig
+from components.host_facts import KeptStore
 
 
 @dataclass(frozen=True)
 class ImageStoreArgs:
     config: ClusterConfig
+    # What an earlier destroy with keepBaseImage left in libvirt: taken over, not created again
+    # (the provider refuses to create a pool whose name exists).
+    kept: KeptStore | None = None
 
 
 class ImageStore(pulumi.ComponentResource):
@@ -23,14 +27,16 @@ class ImageStore(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ImageStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:storage:ImageStore", name, None, opts)
-        config = args.config
+        config, kept = args.config, args.kept
         self.pool = libvirt.Pool(
             f"{name}-pool",
             name=config.pool_name,
             type="dir",
             target=libvirt.PoolTargetArgs(path=config.pool_path),
             # A pool that still holds the kept base image cannot be deleted, so keep both.
-            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=config.keep_base_image),
+            opts=pulumi.ResourceOptions(
+                parent=self, retain_on_delete=config.keep_base_image, import_=kept.pool_uuid if kept else None
+            ),
         )
         self.base_image = libvirt.Volume(
             f"{name}-base",
@@ -39,6 +45,12 @@ class ImageStore(pulumi.ComponentResource):
             source=config.image_source,
             format="qcow2",
             # keepBaseImage: destroy leaves the downloaded image (and so its pool) in place.
-            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=config.keep_base_image),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                retain_on_delete=config.keep_base_image,
+                # libvirt does not say where a volume came from, so a kept one is taken as it is.
+                import_=kept.base_volume_key if kept else None,
+                ignore_changes=["source"] if kept and kept.base_volume_key else None,
+            ),
         )
         self.register_outputs({"pool": self.pool.name, "base_image_id": self.base_image.id})

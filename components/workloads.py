@@ -29,6 +29,7 @@ from pulumi_kubernetes.core.v1 import (
     Service,
     ServicePortArgs,
     ServiceSpecArgs,
+    TolerationArgs,
     VolumeArgs,
     VolumeMountArgs,
 )
@@ -38,7 +39,9 @@ from components.config import ClusterConfig
 
 NAMESPACE = "kube-on-air"
 KUARD_IMAGE = "gcr.io/kuar-demo/kuard-amd64:1"
-DNSTOOLS_IMAGE = "docker.io/infoblox/dnstools:latest"
+# dig, nslookup, curl and ping on Debian, built by `make toolchain` (infoblox/dnstools, the seed's,
+# has no source and only `:latest`). No registry serves it: it reaches nodes in a pre-baked image.
+DNSTOOLS_IMAGE = "localhost/kube-on-air/dnstools:bookworm-1"
 # The agnhost of the pinned Kubernetes tree (test/images/agnhost/VERSION at 1.34.2), so an offline
 # node's image (make toolchain) and a registry pull run the same program.
 AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.56"
@@ -48,6 +51,17 @@ ECHO_PORT = 8080
 APPLY_ONLY = {"pulumi.com/skipAwait": "true"}
 # The label the Deployment controller puts on each revision's pods (and ReplicaSet).
 REVISION_LABEL = "pod-template-hash"
+
+
+# kubeadm's taint on the control plane: the probe tolerates it, so one probe always runs away
+# from every echo pod (echo stays on the workers).
+CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane"
+
+
+def images(workloads: tuple[str, ...]) -> tuple[str, ...]:
+    """The images the chosen workloads run."""
+    chosen = {"kuard": KUARD_IMAGE, "dnstools": DNSTOOLS_IMAGE, "connectivity-check": AGNHOST_IMAGE}
+    return tuple(chosen[w] for w in workloads if w in chosen)
 
 
 @dataclass(frozen=True)
@@ -118,13 +132,16 @@ class Workloads(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[self.namespace])
         # One replica per worker; with no workers the control plane is untainted and takes one.
         per_node = max(1, len(config.workers))
+        # The probe also runs on the control plane, where no echo pod runs: at least one probe's
+        # requests cross nodes whatever the worker count (with one worker, the seed's point).
+        every_node = len(config.nodes)
         if "kuard" in config.workloads:
             self.kuard = _kuard(name, child)
         if "dnstools" in config.workloads:
             self.dnstools = _dnstools(name, per_node, child)
         if "connectivity-check" in config.workloads:
             gate = pulumi.ResourceOptions.merge(child, _gate_timeouts(config.connectivity_timeout_seconds))
-            self.echo, self.echo_service, self.probe = _connectivity_check(name, per_node, child, gate)
+            self.echo, self.echo_service, self.probe = _connectivity_check(name, per_node, every_node, child, gate)
         self.register_outputs({"namespace": NAMESPACE, "workloads": list(config.workloads)})
 
 
@@ -180,19 +197,22 @@ def _kuard(name: str, opts: pulumi.ResourceOptions) -> Deployment:
 
 def _dnstools(name: str, replicas: int, opts: pulumi.ResourceOptions) -> Deployment:
     pod = PodSpecArgs(
-        containers=[ContainerArgs(name="dnstools", image=DNSTOOLS_IMAGE, stdin=True, tty=True)],
+        # An interactive shell that stays up, as the seed's: `kubectl attach -it deploy/dnstools`.
+        containers=[ContainerArgs(name="dnstools", image=DNSTOOLS_IMAGE, command=["/bin/bash"], stdin=True, tty=True)],
         affinity=one_per_node({"app": "dnstools"}),
     )
     return _deployment("dnstools", f"{name}-dnstools", replicas, pod, opts, awaited=False)
 
 
 def _connectivity_check(
-    name: str, replicas: int, opts: pulumi.ResourceOptions, gate: pulumi.ResourceOptions
+    name: str, echo_replicas: int, probe_replicas: int, opts: pulumi.ResourceOptions, gate: pulumi.ResourceOptions
 ) -> tuple[Deployment, Service, Deployment]:
     """echo behind a Service, and a probe Ready only while it reaches echo through it.
 
     The probe is the gate: `pulumi up` waits for it, up to the configured timeout. echo and the
     Service are not awaited on their own, since the probe cannot become Ready before both work.
+    echo runs one per worker; the probe one per node, the control plane included, so with any
+    number of workers one probe reaches echo only across nodes.
     """
     echo_pod = PodSpecArgs(
         containers=[
@@ -206,7 +226,7 @@ def _connectivity_check(
         ],
         affinity=one_per_node({"app": "echo"}),
     )
-    echo = _deployment("echo", f"{name}-echo", replicas, echo_pod, opts, awaited=False)
+    echo = _deployment("echo", f"{name}-echo", echo_replicas, echo_pod, opts, awaited=False)
     service = Service(
         f"{name}-echo-svc",
         metadata=ObjectMetaArgs(name="echo", namespace=NAMESPACE, labels={"app": "echo"}, annotations=APPLY_ONLY),
@@ -231,11 +251,12 @@ def _connectivity_check(
             )
         ],
         affinity=one_per_node({"app": "probe"}),
+        tolerations=[TolerationArgs(key=CONTROL_PLANE_TAINT, operator="Exists", effect="NoSchedule")],
     )
     probe = _deployment(
         "probe",
         f"{name}-probe",
-        replicas,
+        probe_replicas,
         probe_pod,
         pulumi.ResourceOptions.merge(gate, pulumi.ResourceOptions(depends_on=[service])),
         awaited=True,

@@ -32,6 +32,8 @@ CONTROL_PLANE_TAINT = ("node-role.kubernetes.io/control-plane", "NoSchedule")  #
 NOT_READY_TAINT = ("node.kubernetes.io/not-ready", "NoSchedule")  # a node whose kubelet is not Ready yet
 # Pod spec fields that do not take part in placement; any other field must be modelled first.
 INERT_POD_FIELDS = {"containers", "volumes"}
+# A toleration the model understands: (key, effect), operator Exists.
+Toleration = tuple[str, str]
 
 Labels = Mapping[str, str]
 # A pod: (revision, node); node "" while it is pending.
@@ -44,9 +46,9 @@ class Node:
     name: str
     taints: tuple[tuple[str, str], ...] = ()
 
-    def repels(self) -> bool:
-        """True when a pod without tolerations may not be placed here (the model has no tolerations)."""
-        return any(effect in PLACEMENT_EFFECTS for _, effect in self.taints)
+    def repels(self, tolerations: tuple[Toleration, ...] = ()) -> bool:
+        """True when a pod with these tolerations may not be placed here."""
+        return any(effect in PLACEMENT_EFFECTS and (key, effect) not in tolerations for key, effect in self.taints)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class Rules:
     labels: tuple[tuple[str, str], ...]
     anti_affinity: tuple[Selector, ...]
     spread: tuple[Spread, ...]
+    tolerations: tuple[Toleration, ...] = ()
 
     def pod_labels(self, revision: str) -> dict[str, str]:
         return dict(self.labels) | {REVISION: revision}
@@ -134,14 +137,25 @@ def _spread(constraints: Sequence[Mapping[str, Any]]) -> tuple[Spread, ...]:
     return tuple(rules)
 
 
+def _tolerations(tolerations: Sequence[Mapping[str, Any]]) -> tuple[Toleration, ...]:
+    known = []
+    for toleration in tolerations:
+        _only(toleration, {"key", "operator", "effect"}, "toleration")
+        if toleration.get("operator") != "Exists" or "key" not in toleration or "effect" not in toleration:
+            raise ValueError("the placement model knows only tolerations with a key, an effect and operator Exists")
+        known.append((str(toleration["key"]), str(toleration["effect"])))
+    return tuple(known)
+
+
 def rules_of(template: Mapping[str, Any]) -> Rules:
     """The placement rules of a Deployment's `spec.template`."""
     spec = template["spec"]
-    _only(spec, INERT_POD_FIELDS | {"affinity", "topologySpreadConstraints"}, "pod spec")
+    _only(spec, INERT_POD_FIELDS | {"affinity", "topologySpreadConstraints", "tolerations"}, "pod spec")
     return Rules(
         labels=tuple(sorted(template["metadata"]["labels"].items())),
         anti_affinity=_anti_affinity(spec.get("affinity", {})),
         spread=_spread(spec.get("topologySpreadConstraints", [])),
+        tolerations=_tolerations(spec.get("tolerations", [])),
     )
 
 
@@ -166,7 +180,7 @@ def strategy_of(deployment_spec: Mapping[str, Any]) -> Strategy:
 
 def placeable(rules: Rules, revision: str, node: Node, nodes: Sequence[Node], state: State) -> bool:
     """Whether the scheduler may bind a pod of `revision` to `node` while `state` holds."""
-    if node.repels():
+    if node.repels(rules.tolerations):
         return False
     incoming = rules.pod_labels(revision)
     neighbours = [rules.pod_labels(rev) for rev, at in state if at == node.name]
@@ -181,7 +195,7 @@ def placeable(rules: Rules, revision: str, node: Node, nodes: Sequence[Node], st
 def _within_skew(
     spread: Spread, incoming: Labels, node: Node, nodes: Sequence[Node], rules: Rules, state: State
 ) -> bool:
-    eligible = [n.name for n in nodes if not (spread.honor_taints and n.repels())]
+    eligible = [n.name for n in nodes if not (spread.honor_taints and n.repels(rules.tolerations))]
     counts = {
         name: sum(1 for rev, at in state if at == name and spread.selector.selects(incoming, rules.pod_labels(rev)))
         for name in eligible

@@ -140,6 +140,7 @@ SCRIPT_TEMPLATES: dict[str, Callable[[int, int, bool], int]] = {
     "join-worker.sh.j2": lambda n, w, p: w,
     "remove-worker.sh.j2": lambda n, w, p: w,
     "install-kubernetes.sh.j2": lambda n, w, p: 0 if p else n,
+    "api-steady.sh.j2": lambda n, w, p: 1,
 }
 
 

@@ -41,6 +41,8 @@ def healthy(**changes: Any) -> HostFacts:
         ssh_key_error=None,
         kvm_device=True,
         kvm_accessible=True,
+        kvm_device_mode="crw-rw---- root:kvm",
+        qemu_kvm_accessible=True,
         machine="x86_64",
         cpu_virt_flag="vmx",
         cpu_hypervisor=False,

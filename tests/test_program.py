@@ -374,7 +374,15 @@ def test_preview_evaluates_without_running_anything(variants: dict[str, Evaluati
 
 def test_phase_timing_is_recorded_in_run_order(air: Evaluation) -> None:
     phases = air.outputs["phaseSeconds"]["value"]
-    assert set(phases) == {"vms-up", "cloud-init-done", "kubeadm-init", "joins", "cni-ready", "workloads-ready"}
+    assert set(phases) == {
+        "vms-up",
+        "cloud-init-done",
+        "kubeadm-init",
+        "joins",
+        "api-steady",
+        "cni-ready",
+        "workloads-ready",
+    }
     assert set(phases.values()) == {42.5}
     assert "kube-on-air-cni-ds" in transitive(air, "kube-on-air-phases-cni-ready")
     assert "kube-on-air-workloads-probe" in transitive(air, "kube-on-air-phases-workloads-ready")

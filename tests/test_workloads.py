@@ -41,9 +41,11 @@ def cluster_nodes(evaluation: Evaluation) -> list[Node]:
     return nodes
 
 
-def schedulable(nodes: list[Node]) -> list[str]:
-    """Nodes a pod without tolerations may use: the workers, or an untainted control plane alone."""
-    return [n.name for n in nodes if not n.taints]
+def schedulable(nodes: list[Node], spec: dict[str, Any] | None = None) -> list[str]:
+    """Nodes the Deployment's pods may use: without tolerations the workers, or an untainted control
+    plane alone; the probe tolerates the control plane's taint and uses every node."""
+    tolerations = scheduling.rules_of(spec["template"]).tolerations if spec else ()
+    return [n.name for n in nodes if not n.repels(tolerations)]
 
 
 def one_each(names: list[str], revision: str) -> State:
@@ -62,9 +64,26 @@ def describe(ends: set[State]) -> str:
 @pytest.mark.parametrize("name", PER_NODE)
 def test_first_placement_is_one_pod_per_worker(air: Evaluation, name: str) -> None:
     nodes = cluster_nodes(air)
-    ends = rollout_ends(deployments(air)[name]["spec"], nodes, ())
-    expected = {worker: 1 for worker in schedulable(nodes)}
+    spec = deployments(air)[name]["spec"]
+    ends = rollout_ends(spec, nodes, ())
+    expected = {worker: 1 for worker in schedulable(nodes, spec)}
     assert ends and all(scheduling.per_node(end) == expected for end in ends), describe(ends)
+
+
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_a_probe_always_reaches_echo_from_another_node(ssh_key: Path, workers: str) -> None:
+    """The seed's point: the check crosses nodes. echo stays on the workers; one probe runs on the
+    control plane, so its requests to the Service can only reach echo on another node."""
+    evaluation = evaluate("air", air_config(ssh_key, workerCount=workers))
+    nodes = cluster_nodes(evaluation)
+    specs = deployments(evaluation)
+    echo_ends = rollout_ends(specs["echo"]["spec"], nodes, ())
+    probe_ends = rollout_ends(specs["probe"]["spec"], nodes, ())
+    assert echo_ends and probe_ends
+    for echo in echo_ends:
+        for probe in probe_ends:
+            away = set(scheduling.per_node(probe)) - set(scheduling.per_node(echo))
+            assert away == {"head10"}, (sorted(echo), sorted(probe))
 
 
 @pytest.mark.parametrize("name", PER_NODE)
@@ -72,10 +91,10 @@ def test_a_rolling_update_finishes_one_pod_per_worker_in_every_order(air: Evalua
     """The seed's spread rule left the surge pod of every rollout Pending (see the model test below)."""
     nodes = cluster_nodes(air)
     spec = deployments(air)[name]["spec"]
-    ends = rollout_ends(spec, nodes, one_each(schedulable(nodes), "old"))
+    ends = rollout_ends(spec, nodes, one_each(schedulable(nodes, spec), "old"))
     stuck = {end for end in ends if not scheduling.finished(end, int(spec["replicas"]))}
     assert not stuck, f"the rollout can stop half-way: {describe(stuck)}"
-    expected = {worker: 1 for worker in schedulable(nodes)}
+    expected = {worker: 1 for worker in schedulable(nodes, spec)}
     assert all(scheduling.per_node(end) == expected for end in ends), describe(ends)
 
 
@@ -87,13 +106,14 @@ def test_scaling_up_waits_for_new_workers_instead_of_doubling_up(air: Evaluation
     ready = cluster_nodes(five)
     new_workers = {"work14", "work15"}
     joining = [Node(n.name, (NOT_READY_TAINT,)) if n.name in new_workers else n for n in ready]
-    start = one_each(["work11", "work12", "work13"], "new")
+    start = one_each([n for n in schedulable(cluster_nodes(air), spec)], "new")
     waiting = rollout_ends(spec, joining, start)
     for end in waiting:
         assert max(scheduling.per_node(end).values()) == 1, f"two pods on one worker: {sorted(end)}"
     for end in waiting:
         after = rollout_ends(spec, ready, end)
-        assert all(scheduling.per_node(e) == {w: 1 for w in schedulable(ready)} for e in after), describe(after)
+        expected = {w: 1 for w in schedulable(ready, spec)}
+        assert all(scheduling.per_node(e) == expected for e in after), describe(after)
 
 
 def test_without_workers_the_control_plane_takes_the_replica(ssh_key: Path) -> None:

@@ -1,0 +1,91 @@
+"""How patient the cluster is: timeouts and probe tolerances for a real host and for an emulated one.
+
+Under software emulation (`domainType: qemu`) every node runs several times slower than on KVM, and
+on a small host its vCPUs share few cores. Measured on a 2-core host with a 2-vCPU control plane and
+one worker: `kubeadm init` 106-150 s, etcd requests timing out ("etcdserver: request timed out"), the
+API server and controller manager restarted by their liveness probes, kube-router restarted by its
+own ("heartbeat missed"), container starts past the kubelet's 2-minute runtime deadline, and the
+kube-router DaemonSet past pulumi-kubernetes' 10-minute await. The upstream defaults are right for
+KVM; `slowHost` (default: on exactly when `domainType` is qemu) swaps in the patient set below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Probe:
+    initial_delay_seconds: int
+    period_seconds: int
+    timeout_seconds: int
+    failure_threshold: int
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    # kubeadm v1beta4 `timeouts` of InitConfiguration and JoinConfiguration (Go durations).
+    kubeadm_timeouts: dict[str, str]
+    # etcd's request timeout is 5 s + 2 x election timeout: a longer election timeout keeps a slow
+    # single-member etcd from failing the API server's requests. None keeps etcd's defaults.
+    etcd_heartbeat_ms: int | None
+    etcd_election_ms: int | None
+    # The kubelet's deadline for a runtime call such as CreateContainer (upstream 2m).
+    kubelet_runtime_request_timeout: str
+    # Liveness and startup failure thresholds of the control-plane static pods (kubeadm: 8 and 24,
+    # every 10 s); None keeps kubeadm's manifests as they are.
+    control_plane_liveness_failures: int | None
+    control_plane_startup_failures: int | None
+    kube_router_liveness: Probe
+    # How long `pulumi up` waits for the kube-router DaemonSet to be ready everywhere.
+    cni_await_seconds: int
+    # Before the Kubernetes provider starts: /readyz must answer this many times in a row, this far apart.
+    api_steady_checks: int
+    api_steady_interval_seconds: int
+    api_steady_timeout_seconds: int
+
+
+# Upstream's own values (kubeadm, kubelet, etcd, pulumi-kubernetes), except the API gate, which costs
+# a few seconds on a healthy host.
+HARDWARE = Tolerances(
+    kubeadm_timeouts={},
+    etcd_heartbeat_ms=None,
+    etcd_election_ms=None,
+    kubelet_runtime_request_timeout="2m0s",
+    control_plane_liveness_failures=None,
+    control_plane_startup_failures=None,
+    kube_router_liveness=Probe(initial_delay_seconds=10, period_seconds=3, timeout_seconds=1, failure_threshold=3),
+    cni_await_seconds=600,
+    api_steady_checks=3,
+    api_steady_interval_seconds=2,
+    api_steady_timeout_seconds=300,
+)
+
+EMULATED = Tolerances(
+    kubeadm_timeouts={
+        "controlPlaneComponentHealthCheck": "20m0s",
+        "kubeletHealthCheck": "20m0s",
+        "kubernetesAPICall": "5m0s",
+        "etcdAPICall": "10m0s",
+        "tlsBootstrap": "20m0s",
+        "discovery": "20m0s",
+    },
+    etcd_heartbeat_ms=500,
+    etcd_election_ms=5000,
+    kubelet_runtime_request_timeout="10m0s",
+    control_plane_liveness_failures=30,
+    control_plane_startup_failures=90,
+    kube_router_liveness=Probe(initial_delay_seconds=60, period_seconds=10, timeout_seconds=5, failure_threshold=12),
+    cni_await_seconds=1800,
+    api_steady_checks=10,
+    api_steady_interval_seconds=3,
+    api_steady_timeout_seconds=1200,
+)
+
+SLOW_HOST_CHOICES = ("auto", "true", "false")
+
+
+def for_host(slow_host: str, domain_type: str) -> Tolerances:
+    """`slowHost` auto follows the domain type: software emulation is slow, KVM is not."""
+    slow = slow_host == "true" or (slow_host == "auto" and domain_type == "qemu")
+    return EMULATED if slow else HARDWARE
