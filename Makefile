@@ -113,7 +113,7 @@ test-vm: dev-deps ## boot a real node VM from the program's own cloud-init (slow
 	$(PY) -m pytest -q -m vm tests/vm
 
 render: dev-deps $(SSH_KEY) ## write every artifact of STACK into build/STACK (no Pulumi CLI needed)
-	$(PY) -m tests.render --stack $(STACK)
+	$(PY) -m tests.render --stack $(STACK) $(ARGS)
 
 K8S_VERSION = $(shell awk '/kube-on-air:kubernetesVersion:/ {print $$2}' Pulumi.$(STACK).yaml)
 # With a built toolchain the node image is made offline from it; otherwise from pkgs.k8s.io and registry.k8s.io.
