@@ -157,17 +157,58 @@ def test_a_built_toolchain_supplies_pulumi_and_its_plugins(tmp_path: Path) -> No
     assert f'export PATH={current / "bin"}:"$PATH"' in exports.splitlines()
 
 
-def test_make_up_offline_without_pulumi_says_what_to_do(tmp_path: Path) -> None:
-    unreachable = stand_in(tmp_path / "offline", "curl", CURL_OFFLINE)
+def path_without_pulumi(*first: Path) -> str:
     dirs = [d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "pulumi").exists()]
-    env = make_env(tmp_path) | {"PATH": os.pathsep.join([str(unreachable.parent), *dirs])}
-    done = run_make(tmp_path, "up", env=env, PULUMI_BIN=str(tmp_path / "empty"))
+    return os.pathsep.join([*(str(d) for d in first), *dirs])
+
+
+# Every target that runs the Pulumi CLI.
+NEEDS_PULUMI = ["stack", "up", "preview", "destroy", "clean", "ls", "kubeconfig"]
+
+
+@pytest.mark.parametrize("target", NEEDS_PULUMI)
+def test_every_pulumi_target_offline_without_pulumi_says_what_to_do(
+    tmp_path: Path, cleanup_build: Path, target: str
+) -> None:
+    unreachable = stand_in(tmp_path / "offline", "curl", CURL_OFFLINE)
+    env = make_env(tmp_path) | {"PATH": path_without_pulumi(unreachable.parent)}
+    done = run_make(tmp_path, target, env=env, PULUMI_BIN=str(tmp_path / "empty"))
     assert done.returncode != 0 and calls(tmp_path) == []
     ours, makes = done.stderr.splitlines()[-2:]
-    assert "get.pulumi.com cannot be reached" in ours and "install the Pulumi CLI yourself" in ours
-    assert "make toolchain" in ours
+    assert ours == (
+        "no pulumi on PATH and https://get.pulumi.com cannot be reached; install the Pulumi CLI yourself "
+        "(https://www.pulumi.com/docs/install/) and put it on PATH, or on an offline host build it with: make toolchain"
+    ), done.stderr
     assert makes.startswith("make: *** [") and "pulumi-cli" in makes
-    assert "Could not resolve host" not in done.stderr
+    assert "Could not resolve host" not in done.stderr and "command not found" not in done.stderr
+    assert not cleanup_build.exists(), "nothing is made before the CLI is there"
+
+
+def test_make_env_says_what_is_missing_instead_of_exporting_it(tmp_path: Path) -> None:
+    state, empty = tmp_path / "state", tmp_path / "empty"
+    env = make_env(tmp_path) | {"PATH": path_without_pulumi()}
+    neither = run_make(tmp_path, "-s", "env", env=env, PULUMI_BIN=str(empty))
+    assert neither.returncode != 0 and neither.stdout == ""
+    ours, makes = neither.stderr.splitlines()  # make's own "*** Error" line follows ours; nothing else
+    assert ours == (
+        f"make env: no pulumi in {empty} or on PATH and no passphrase file {state / 'passphrase'}; "
+        "run make stack first (it makes both)"
+    )
+    assert makes.startswith("make: *** [") and makes.endswith(": env] Error 1")
+    make(tmp_path, "stack")
+    no_cli = run_make(tmp_path, "-s", "env", env=env, PULUMI_BIN=str(empty))
+    assert no_cli.returncode != 0 and no_cli.stdout == ""
+    assert no_cli.stderr.startswith(f"make env: no pulumi in {empty} or on PATH; run make stack first")
+
+
+def test_make_env_exports_no_path_for_a_pulumi_already_on_yours(tmp_path: Path) -> None:
+    make(tmp_path, "stack")
+    env = make_env(tmp_path) | {"PATH": path_without_pulumi(tmp_path / "pulumi-bin")}
+    done = run_make(tmp_path, "-s", "env", env=env, PULUMI_BIN=str(tmp_path / "empty"))
+    assert done.returncode == 0, done.stderr
+    exports = done.stdout.splitlines()
+    assert f"export PULUMI_CONFIG_PASSPHRASE_FILE={tmp_path / 'state' / 'passphrase'}" in exports
+    assert not [line for line in exports if line.startswith("export PATH=")], "no PATH to a directory without pulumi"
 
 
 def readme_make_targets() -> set[str]:
