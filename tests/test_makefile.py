@@ -235,10 +235,14 @@ echo "sudo $*" >> "$APT_LOG"
 [[ $1 == -n ]] && shift
 if [[ -n $SUDO_OK ]]; then "$@"; else exit 1; fi
 """
-# "Installs" every package by dropping a cloud-init stand-in next to itself.
+# "Installs" every package by dropping a cloud-init stand-in next to itself, as chatty as dpkg is;
+# with APT_FAILS set, the install fails as apt does without a mirror.
 STAND_IN_APT = """#!/bin/bash
 echo "DEBIAN_FRONTEND=${DEBIAN_FRONTEND:-} apt-get $*" >> "$APT_LOG"
+echo "Selecting previously unselected package cloud-init."
+echo "debconf: delaying package configuration, since apt-utils is not installed" >&2
 if [[ " $* " == *" install "* ]]; then
+  if [[ -n ${APT_FAILS:-} ]]; then echo "E: Unable to locate package cloud-init" >&2; exit 100; fi
   printf '#!/bin/sh\\nexit 0\\n' > "${0%/*}/cloud-init" && /bin/chmod +x "${0%/*}/cloud-init"
 fi
 """
@@ -248,7 +252,7 @@ def machine_without_cloud_init(tmp_path: Path, uid: int, sudo_without_password: 
     """A PATH with everything `make test` checks for except cloud-init, and apt/sudo/id stand-ins."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("bash", "env"):
+    for tool in ("bash", "env", "mktemp", "rm"):  # coreutils: on every machine
         (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
     (bin_dir / "python3").symlink_to(os.path.realpath(sys.executable))
     for tool in ("ssh-keygen", "virsh"):
@@ -256,9 +260,11 @@ def machine_without_cloud_init(tmp_path: Path, uid: int, sudo_without_password: 
     stand_in(bin_dir, "id", STAND_IN_ID)
     stand_in(bin_dir, "sudo", STAND_IN_SUDO)
     stand_in(bin_dir, "apt-get", STAND_IN_APT)
+    (tmp_path / "tmp").mkdir()
     return {
         "PATH": str(bin_dir),
         "HOME": str(tmp_path),
+        "TMPDIR": str(tmp_path / "tmp"),
         "FAKE_UID": str(uid),
         "SUDO_OK": "yes" if sudo_without_password else "",
         "APT_LOG": str(tmp_path / "apt.log"),
@@ -292,7 +298,8 @@ def test_dependency_step_installs_missing_tools_with_apt(tmp_path: Path, as_root
     env = machine_without_cloud_init(tmp_path, uid=0 if as_root else 1000, sudo_without_password=not as_root)
     first = subprocess.run([MAKE, "-s", "test-deps"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert first.returncode == 0, first.stderr
-    assert first.stderr.splitlines() == ["make test: installing cloud-init with apt-get"]
+    assert first.stderr.splitlines() == ["make test: installing cloud-init with apt-get"] and first.stdout == ""
+    assert list((tmp_path / "tmp").iterdir()) == [], "the apt log of a good install is not kept"
     apt = "DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=300"
     apt_calls = [f"{apt} update", f"{apt} install -y --no-install-recommends cloud-init"]
     sudo_calls = [] if as_root else ["sudo -n true"] + [f"sudo -n env {call}" for call in apt_calls]
@@ -303,3 +310,19 @@ def test_dependency_step_installs_missing_tools_with_apt(tmp_path: Path, as_root
     again = subprocess.run([MAKE, "-s", "test-deps"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert again.returncode == 0 and again.stderr == ""
     assert apt_log(tmp_path) == log, "nothing left to install"
+
+
+def test_failed_apt_install_is_one_line_naming_its_log(tmp_path: Path) -> None:
+    env = machine_without_cloud_init(tmp_path, uid=0, sudo_without_password=False) | {"APT_FAILS": "yes"}
+    done = subprocess.run([MAKE, "-s", "test-deps"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and done.stdout == ""
+    announced, ours, makes = done.stderr.splitlines()
+    assert announced == "make test: installing cloud-init with apt-get"
+    (log,) = (tmp_path / "tmp").iterdir()
+    assert ours == (
+        f"make test: apt-get could not install cloud-init (its output: {log}); "
+        "install them with: sudo apt-get install cloud-init"
+    )
+    assert makes.startswith("make: *** [") and makes.endswith(": test-deps] Error 1")
+    kept = log.read_text()
+    assert "Unable to locate package cloud-init" in kept and "Selecting previously unselected" in kept
