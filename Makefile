@@ -52,8 +52,8 @@ $(VENV)/.dev-deps: requirements-dev.txt $(VENV)/.deps
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-deps: $(VENV)/.deps
-dev-deps: $(VENV)/.dev-deps
+deps: $(VENV)/.deps ## the program's Python dependencies in .venv (targets that need them run this first)
+dev-deps: $(VENV)/.dev-deps ## deps plus the test and lint tools (pytest, ruff, mypy, ...) in .venv
 
 pulumi-cli: ## install the Pulumi CLI into ~/.pulumi unless a pulumi is on PATH or in TOOLCHAIN_DIR
 	@command -v pulumi >/dev/null || { \
