@@ -52,8 +52,8 @@ $(VENV)/.dev-deps: requirements-dev.txt $(VENV)/.deps
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-deps: $(VENV)/.deps
-dev-deps: $(VENV)/.dev-deps
+deps: $(VENV)/.deps ## the program's Python dependencies in .venv (targets that need them run this first)
+dev-deps: $(VENV)/.dev-deps ## deps plus the test and lint tools (pytest, ruff, mypy, ...) in .venv
 
 pulumi-cli: ## install the Pulumi CLI into ~/.pulumi unless a pulumi is on PATH or in TOOLCHAIN_DIR
 	@command -v pulumi >/dev/null || { \
@@ -72,8 +72,12 @@ stack: deps pulumi-cli $(PASSPHRASE_FILE) $(SSH_KEY) ## create or select STACK (
 	pulumi stack select --create $(STACK)
 
 env: ## export lines for your shell, so pulumi there is make's: eval "$(make -s env)"
+	@# Exports of a CLI or passphrase file that do not exist would only fail later, in your shell.
+	@missing=; command -v pulumi >/dev/null || missing="no pulumi in $(PULUMI_BIN) or on PATH"; \
+	  test -f '$(PASSPHRASE_FILE)' || missing="$${missing:+$$missing and }no passphrase file $(PASSPHRASE_FILE)"; \
+	  [[ -z $$missing ]] || { echo "make env: $$missing; run make stack first (it makes both)" >&2; exit 1; }
 	@for name in $(PULUMI_ENV); do printf 'export %s=%q\n' "$$name" "$${!name}"; done
-	@printf 'export PATH=%q:"$$PATH"\n' '$(PULUMI_BIN)'
+	@if [[ -x '$(PULUMI_BIN)/pulumi' ]]; then printf 'export PATH=%q:"$$PATH"\n' '$(PULUMI_BIN)'; fi
 
 up: stack ## set everything up and run `pulumi up` on STACK (default air)
 	pulumi up --stack $(STACK) $(ARGS)
@@ -86,11 +90,11 @@ destroy: stack ## drain, reset and delete every node, the network and the pool
 
 clean: destroy ## the seed's `make clean`: same as destroy
 
-ls: ## nodes, addresses and SSH commands of STACK (the seed's `make ls`)
+ls: pulumi-cli ## nodes, addresses and SSH commands of STACK (the seed's `make ls`)
 	pulumi stack output --stack $(STACK) nodes
 	pulumi stack output --stack $(STACK) sshCommands
 
-kubeconfig: ## write the admin kubeconfig of STACK to build/STACK/kubeconfig (mode 0600)
+kubeconfig: pulumi-cli ## write the admin kubeconfig of STACK to build/STACK/kubeconfig (mode 0600)
 	mkdir -p build/$(STACK)
 	@# Written beside the target (mktemp: mode 0600) and renamed only once read: a failure keeps the old one.
 	tmp=$$(mktemp build/$(STACK)/.kubeconfig.XXXXXX) && trap 'rm -f "$$tmp"' EXIT && \
@@ -113,7 +117,7 @@ test-vm: dev-deps ## boot a real node VM from the program's own cloud-init (slow
 	$(PY) -m pytest -q -m vm tests/vm
 
 render: dev-deps $(SSH_KEY) ## write every artifact of STACK into build/STACK (no Pulumi CLI needed)
-	$(PY) -m tests.render --stack $(STACK)
+	$(PY) -m tests.render --stack $(STACK) $(ARGS)
 
 K8S_VERSION = $(shell awk '/kube-on-air:kubernetesVersion:/ {print $$2}' Pulumi.$(STACK).yaml)
 # What an offline host takes from directories its user fills (README: Offline hosts).

@@ -6,6 +6,7 @@ Pulumi's mock runtime does not apply `Pulumi.yaml` defaults, so the defaults liv
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import ipaddress
 import json
@@ -81,26 +82,30 @@ _PREFIX = re.compile(r"^([a-z0-9][a-z0-9-]*)?$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
+# How to change a value where the Pulumi CLI reads the config; other paths (make render) pass their own.
+PULUMI_CONFIG_FIX = "fix with `pulumi config set <key> <value>`"
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
     key: str
     value: str
     fix: str
+    # False for a key given without any namespace: it is shown as given, not as kube-on-air:<key>.
+    namespaced: bool = True
 
     def __str__(self) -> str:
-        return f"  {NAMESPACE}:{self.key} = {self.value!r}: {self.fix}"
+        shown = f"{NAMESPACE}:{self.key}" if self.namespaced else self.key
+        return f"  {shown} = {self.value!r}: {self.fix}"
 
 
 class ConfigError(Exception):
     """Every problem found in the stack config, reported together."""
 
-    def __init__(self, problems: list[ConfigProblem]) -> None:
+    def __init__(self, problems: list[ConfigProblem], how_to_fix: str = PULUMI_CONFIG_FIX) -> None:
         self.problems = problems
         lines = "\n".join(str(p) for p in problems)
-        super().__init__(
-            f"invalid stack configuration ({len(problems)} problem(s)); "
-            f"fix with `pulumi config set <key> <value>`:\n{lines}"
-        )
+        super().__init__(f"invalid stack configuration ({len(problems)} problem(s)); {how_to_fix}:\n{lines}")
 
 
 @dataclass(frozen=True)
@@ -416,9 +421,48 @@ def _read_connectivity_timeout(reader: _Reader) -> int:
     return seconds
 
 
-def load(raw: Mapping[str, str | None], stack: str, libvirt_uri: str | None = None) -> ClusterConfig:
-    """Validate everything in `raw` (key -> string, None = unset); raise one ConfigError listing all problems."""
+def _nearest_key(name: str) -> str | None:
+    """The project key `name` most likely meant; compared in lower case, so workercount finds workerCount."""
+    by_lower = {key.lower(): key for key in DEFAULTS}
+    close = difflib.get_close_matches(name.lower(), by_lower, n=1)
+    return by_lower[close[0]] if close else None
+
+
+def key_problems(given: Mapping[str, object]) -> list[ConfigProblem]:
+    """Keys in the project's namespace it does not read, and keys without any namespace.
+
+    Pulumi hands a program every key of the stack and ignores those nobody reads, so a misspelt key
+    would silently leave its default in place. Other namespaces (libvirt:, pulumi:, ...) are not ours.
+    """
+    found: list[ConfigProblem] = []
+    for full_key, value in sorted(given.items()):
+        namespace, sep, name = full_key.partition(":")
+        if not sep:
+            name = full_key  # partition leaves a key without ":" in the namespace part
+        elif namespace != NAMESPACE or name in DEFAULTS:
+            continue
+        nearest = _nearest_key(name)
+        hint = f"did you mean {NAMESPACE}:{nearest}?" if nearest else "this project's keys are listed in Pulumi.yaml"
+        if sep:
+            found.append(ConfigProblem(name, str(value), f"unknown key; {hint}"))
+            continue
+        fix = f"use {NAMESPACE}:{name}" if name in DEFAULTS else hint
+        found.append(ConfigProblem(name, str(value), f"config keys need a namespace; {fix}", namespaced=False))
+    return found
+
+
+def load(
+    raw: Mapping[str, str | None],
+    stack: str,
+    libvirt_uri: str | None = None,
+    given: Mapping[str, object] | None = None,
+) -> ClusterConfig:
+    """Validate everything in `raw` (key -> string, None = unset); raise one ConfigError listing all problems.
+
+    `given` is the whole config as Pulumi holds it (namespaced key -> value), checked for unknown keys.
+    """
     reader = _Reader(raw, stack)
+    reader.problems.extend(key_problems(given or {}))
     network = _read_network(reader)
     control_plane, workers = _read_nodes(reader, network)
     version, pods, services = _read_kubernetes(reader, network)
@@ -477,10 +521,24 @@ def load(raw: Mapping[str, str | None], stack: str, libvirt_uri: str | None = No
     )
 
 
+def load_namespaced(given: Mapping[str, str], stack: str) -> ClusterConfig:
+    """Validate config as a stack file holds it (namespaced key -> text), as the program would."""
+    raw = {key: given.get(f"{NAMESPACE}:{key}") for key in DEFAULTS}
+    return load(raw, stack, given.get("libvirt:uri"), given)
+
+
+def _all_pulumi_config() -> dict[str, object]:
+    """Every key the program was given: the engine passes them in $PULUMI_CONFIG, mocks and inline
+    Automation API programs through set_all_config; the latter wins, as in pulumi.Config.get."""
+    from pulumi.runtime import config as runtime_config
+
+    return {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+
+
 def load_from_pulumi() -> ClusterConfig:
     """Read the stack config through Pulumi (works under the engine and under mocks)."""
     import pulumi
 
     config = pulumi.Config(NAMESPACE)
     raw = {key: config.get(key) for key in DEFAULTS}
-    return load(raw, pulumi.get_stack(), pulumi.Config("libvirt").get("uri"))
+    return load(raw, pulumi.get_stack(), pulumi.Config("libvirt").get("uri"), _all_pulumi_config())

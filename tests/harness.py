@@ -127,6 +127,7 @@ def evaluate(
     timeout: float = 120,
     preflight: bool = False,
     ids: dict[str, str] | None = None,
+    test_host_key_dir: bool = True,
 ) -> Evaluation:
     """Run __main__.py for `stack` with `config` (keys with namespace, values as strings).
 
@@ -134,9 +135,11 @@ def evaluate(
     different id stands for a resource the provider replaced (e.g. a rebuilt VM).
     The host preflight is off unless asked for: it inspects this machine, not the stack's host.
     Node host keys are kept beside the test's SSH key unless the config names a directory, so tests
-    never write under $HOME and two evaluations with the same key share their host keys.
+    never write under $HOME and two evaluations with the same key share their host keys;
+    `test_host_key_dir=False` leaves hostKeyDir to the program, as `pulumi up` would (make render).
     """
-    config = with_test_host_key_dir(stack, config)
+    if test_host_key_dir:
+        config = with_test_host_key_dir(stack, config)
     request = json.dumps({"stack": stack, "config": config, "preview": preview, "ids": ids or {}})
     started = time.perf_counter()
     child = subprocess.run(

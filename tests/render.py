@@ -1,8 +1,10 @@
 """`make render`: write every artifact the program would hand out, without the Pulumi CLI.
 
 Usage: python -m tests.render [--stack air] [--out build] [--set key=value ...]
-Writes build/<stack>/: summary.json, nodes/<node>/{user-data,meta-data,network-config},
+Reads Pulumi.<stack>.yaml (which must exist) with the --set overrides, checks it as the program does,
+and writes build/<stack>/: summary.json, nodes/<node>/{user-data,meta-data,network-config},
 kubeadm/*.yaml, scripts/*.sh, manifests/*.yaml, graph.dot and graph.svg (says so when graphviz is missing).
+Node host keys come from (and are made in) hostKeyDir, as under `pulumi up`.
 """
 
 from __future__ import annotations
@@ -20,11 +22,39 @@ from typing import Any
 
 import yaml
 
+from components.config import ConfigError, load_namespaced
 from components.render import CA_CERT_HASH_PLACEHOLDER, TOKEN_PLACEHOLDER
 from tests.harness import FAKE_CA_HASH, FAKE_TOKEN, ROOT, Evaluation, Resource, evaluate, stack_config, unwrap
 
 NAMESPACE = "kube-on-air"
 K8S_PREFIX = "kubernetes:"
+
+
+class RenderError(Exception):
+    """A mistake in how `make render` was called: one message, no traceback."""
+
+
+def stack_file(stack: str) -> Path:
+    path = ROOT / f"Pulumi.{stack}.yaml"
+    if not path.exists():
+        raise RenderError(
+            f"make render: no stack file {path.name}, so no config for stack {stack!r}; "
+            f"create it (e.g. cp Pulumi.air.yaml {path.name}) or pick another STACK"
+        )
+    return path
+
+
+def set_option(item: str) -> tuple[str, str]:
+    """One `--set key=value`."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
+    return key, value
+
+
+def how_to_fix(stack: str) -> str:
+    """The fix line of a config error here, where the Pulumi CLI may not exist."""
+    return f'edit Pulumi.{stack}.yaml or pass --set <key>=<value> (make render ARGS="--set <key>=<value>")'
 
 
 def config_with(stack: str, overrides: dict[str, str]) -> dict[str, str]:
@@ -226,8 +256,16 @@ def write_graph(evaluation: Evaluation, graph: dict[str, set[str]], out: Path) -
 
 
 def render_stack(stack: str, overrides: dict[str, str], out_dir: Path) -> Path:
-    """Evaluate `stack` with `overrides` and write all its artifacts into `out_dir`."""
-    evaluation = evaluate(stack, config_with(stack, overrides))
+    """Evaluate `stack` with `overrides` as `pulumi up` would and write all its artifacts into `out_dir`.
+
+    A config mistake raises the program's own ConfigError, with the fix phrased for this path.
+    """
+    config = config_with(stack, overrides)
+    try:
+        load_namespaced(config, stack)
+    except ConfigError as err:
+        raise ConfigError(err.problems, how_to_fix(stack)) from None
+    evaluation = evaluate(stack, config, test_host_key_dir=False)
     if evaluation.error:
         raise RuntimeError(evaluation.error)
     if out_dir.exists():
@@ -252,10 +290,16 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stack", default="air")
     parser.add_argument("--out", default=str(ROOT / "build"))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument(
+        "--set", action="append", default=[], type=set_option, metavar="KEY=VALUE", help="override a config key"
+    )
     args = parser.parse_args(argv)
-    overrides = dict(item.split("=", 1) for item in args.set)
-    out = render_stack(args.stack, overrides, Path(args.out) / args.stack)
+    try:
+        stack_file(args.stack)
+        out = render_stack(args.stack, dict(args.set), Path(args.out) / args.stack)
+    except (RenderError, ConfigError) as err:
+        print(err, file=sys.stderr)
+        return 1
     report = json.loads((out / "report.json").read_text())
     print(f"rendered stack {args.stack} into {out} in {report['evaluation_seconds']} s")
     for type_, count in report["resources"].items():

@@ -45,12 +45,15 @@ else
 fi
 
 echo "make $target: installing ${packages[*]} with apt-get" >&2
+# apt and dpkg print a hundred lines even with -qq: keep them in a log, shown only by path on failure.
+log=$(mktemp -t kube-on-air-apt.XXXXXX)
 # A fresh machine has no package lists yet; its boot-time upgrades may hold the apt lock for a while.
 apt=(env DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=300)
-if ! { "${as_root[@]}" "${apt[@]}" update >&2 &&
-    "${as_root[@]}" "${apt[@]}" install -y --no-install-recommends "${packages[@]}" >&2; }; then
-    stop "apt-get could not install ${packages[*]} (see above); install them with: $install"
+if ! { "${as_root[@]}" "${apt[@]}" update &&
+    "${as_root[@]}" "${apt[@]}" install -y --no-install-recommends "${packages[@]}"; } >"$log" 2>&1; then
+    stop "apt-get could not install ${packages[*]} (its output: $log); install them with: $install"
 fi
+rm -f "$log"
 
 mapfile -t packages < <(missing "$@")
 ((${#packages[@]} == 0)) || stop "still missing ${packages[*]} after apt-get install"

@@ -68,7 +68,8 @@ class Rendered:
 
 def _render_and_validate(name: str, root: Path, key: Path) -> Rendered:
     stack, overrides = CONFIGS[name]
-    overrides = {**overrides, "sshKeyPath": str(key)}
+    # render_stack uses hostKeyDir's default under $HOME, as `pulumi up` does; tests keep theirs aside.
+    overrides = {**overrides, "sshKeyPath": str(key), "hostKeyDir": str(key.parent / "host-keys" / stack)}
     out = render_stack(stack, overrides, root / name)
     config = config_with(stack, overrides)
     report = validate_rendered(out, stack, config)
@@ -408,6 +409,8 @@ def test_render_says_when_graphviz_is_missing(
     no_dot.mkdir()
     (no_dot / "ssh-keygen").symlink_to(shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen")  # for the host keys
     monkeypatch.setenv("PATH", str(no_dot))
-    assert render.main(["--stack", "air", "--out", str(tmp_path / "out"), "--set", f"sshKeyPath={ssh_key}"]) == 0
+    host_keys = f"hostKeyDir={tmp_path / 'host-keys'}"
+    argv = ["--stack", "air", "--out", str(tmp_path / "out"), "--set", f"sshKeyPath={ssh_key}", "--set", host_keys]
+    assert render.main(argv) == 0
     assert "graph.svg not written: graphviz's `dot` is not on PATH" in capsys.readouterr().err
     assert (tmp_path / "out" / "air" / "graph.dot").exists() and not (tmp_path / "out" / "air" / "graph.svg").exists()

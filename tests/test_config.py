@@ -207,3 +207,56 @@ def test_junk_values_never_escape_as_tracebacks(ssh_key: Path, key: str) -> None
             cfg.load(raw_air(ssh_key, **{key: junk}), "air")
         except cfg.ConfigError as err:
             assert all(p.fix for p in err.problems), (key, junk)
+
+
+# ---- keys the program does not read ---------------------------------------------------------
+
+MISTAKEN_KEYS = [
+    # key as given, the nearest project key the message must name
+    (f"{NS}:workerCont", f"{NS}:workerCount"),
+    (f"{NS}:workercount", f"{NS}:workerCount"),
+    ("workerCount", f"{NS}:workerCount"),  # known key without the namespace
+    ("cnii", f"{NS}:cni"),
+]
+
+
+@pytest.mark.parametrize(("key", "nearest"), MISTAKEN_KEYS)
+def test_unknown_or_unnamespaced_key_names_the_nearest_known_one(ssh_key: Path, key: str, nearest: str) -> None:
+    given = {**air_config(ssh_key), key: "5"}
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.load_namespaced(given, "air")
+    (problem,) = caught.value.problems
+    message = str(caught.value)
+    assert f"  {key} = '5': " in message, message
+    assert nearest in problem.fix, message
+
+
+def test_other_namespaces_are_not_ours(ssh_key: Path) -> None:
+    given = {**air_config(ssh_key), "libvirt:uri": "qemu:///session", "pulumi:disable-default-providers": "[]"}
+    assert cfg.load_namespaced(given, "air").libvirt_uri == "qemu:///session"
+
+
+@pytest.mark.parametrize("key", [f"{NS}:workerCont", "workerCount"])
+def test_mistaken_key_stops_the_program_under_mocks(ssh_key: Path, key: str) -> None:
+    evaluation = evaluate("air", {**air_config(ssh_key), key: "5"})
+    assert evaluation.error is not None and f"  {key} = '5': " in evaluation.error
+    assert f"did you mean {NS}:workerCount" in evaluation.error or f"use {NS}:workerCount" in evaluation.error
+    assert "Traceback" not in evaluation.error
+    assert evaluation.resources == []
+
+
+def test_engine_config_is_checked_for_mistaken_keys(
+    ssh_key: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engine hands a Python program its config as JSON in $PULUMI_CONFIG, not through set_all_config.
+    config = {**air_config(ssh_key), f"{NS}:hostKeyDir": str(tmp_path / "host-keys")}
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps(config))
+    good = evaluate("air", {})
+    assert good.error is None, good.error
+    assert len(good.of_type("libvirt:index/domain:Domain")) == 4
+
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps({**config, f"{NS}:workerCont": "5"}))
+    typo = evaluate("air", {})
+    assert typo.error is not None
+    assert f"{NS}:workerCont = '5': unknown key; did you mean {NS}:workerCount?" in typo.error
+    assert typo.resources == []

@@ -157,17 +157,58 @@ def test_a_built_toolchain_supplies_pulumi_and_its_plugins(tmp_path: Path) -> No
     assert f'export PATH={current / "bin"}:"$PATH"' in exports.splitlines()
 
 
-def test_make_up_offline_without_pulumi_says_what_to_do(tmp_path: Path) -> None:
-    unreachable = stand_in(tmp_path / "offline", "curl", CURL_OFFLINE)
+def path_without_pulumi(*first: Path) -> str:
     dirs = [d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "pulumi").exists()]
-    env = make_env(tmp_path) | {"PATH": os.pathsep.join([str(unreachable.parent), *dirs])}
-    done = run_make(tmp_path, "up", env=env, PULUMI_BIN=str(tmp_path / "empty"))
+    return os.pathsep.join([*(str(d) for d in first), *dirs])
+
+
+# Every target that runs the Pulumi CLI.
+NEEDS_PULUMI = ["stack", "up", "preview", "destroy", "clean", "ls", "kubeconfig"]
+
+
+@pytest.mark.parametrize("target", NEEDS_PULUMI)
+def test_every_pulumi_target_offline_without_pulumi_says_what_to_do(
+    tmp_path: Path, cleanup_build: Path, target: str
+) -> None:
+    unreachable = stand_in(tmp_path / "offline", "curl", CURL_OFFLINE)
+    env = make_env(tmp_path) | {"PATH": path_without_pulumi(unreachable.parent)}
+    done = run_make(tmp_path, target, env=env, PULUMI_BIN=str(tmp_path / "empty"))
     assert done.returncode != 0 and calls(tmp_path) == []
     ours, makes = done.stderr.splitlines()[-2:]
-    assert "get.pulumi.com cannot be reached" in ours and "install the Pulumi CLI yourself" in ours
-    assert "make toolchain" in ours
+    assert ours == (
+        "no pulumi on PATH and https://get.pulumi.com cannot be reached; install the Pulumi CLI yourself "
+        "(https://www.pulumi.com/docs/install/) and put it on PATH, or on an offline host build it with: make toolchain"
+    ), done.stderr
     assert makes.startswith("make: *** [") and "pulumi-cli" in makes
-    assert "Could not resolve host" not in done.stderr
+    assert "Could not resolve host" not in done.stderr and "command not found" not in done.stderr
+    assert not cleanup_build.exists(), "nothing is made before the CLI is there"
+
+
+def test_make_env_says_what_is_missing_instead_of_exporting_it(tmp_path: Path) -> None:
+    state, empty = tmp_path / "state", tmp_path / "empty"
+    env = make_env(tmp_path) | {"PATH": path_without_pulumi()}
+    neither = run_make(tmp_path, "-s", "env", env=env, PULUMI_BIN=str(empty))
+    assert neither.returncode != 0 and neither.stdout == ""
+    ours, makes = neither.stderr.splitlines()  # make's own "*** Error" line follows ours; nothing else
+    assert ours == (
+        f"make env: no pulumi in {empty} or on PATH and no passphrase file {state / 'passphrase'}; "
+        "run make stack first (it makes both)"
+    )
+    assert makes.startswith("make: *** [") and makes.endswith(": env] Error 1")
+    make(tmp_path, "stack")
+    no_cli = run_make(tmp_path, "-s", "env", env=env, PULUMI_BIN=str(empty))
+    assert no_cli.returncode != 0 and no_cli.stdout == ""
+    assert no_cli.stderr.startswith(f"make env: no pulumi in {empty} or on PATH; run make stack first")
+
+
+def test_make_env_exports_no_path_for_a_pulumi_already_on_yours(tmp_path: Path) -> None:
+    make(tmp_path, "stack")
+    env = make_env(tmp_path) | {"PATH": path_without_pulumi(tmp_path / "pulumi-bin")}
+    done = run_make(tmp_path, "-s", "env", env=env, PULUMI_BIN=str(tmp_path / "empty"))
+    assert done.returncode == 0, done.stderr
+    exports = done.stdout.splitlines()
+    assert f"export PULUMI_CONFIG_PASSPHRASE_FILE={tmp_path / 'state' / 'passphrase'}" in exports
+    assert not [line for line in exports if line.startswith("export PATH=")], "no PATH to a directory without pulumi"
 
 
 def readme_make_targets() -> set[str]:
@@ -178,12 +219,23 @@ def readme_make_targets() -> set[str]:
     return set(re.findall(r"(?:^|[`(])make (?:-\S+ )*([a-z][\w-]*)", ours, flags=re.MULTILINE))
 
 
-def test_help_lists_every_target_the_readme_uses() -> None:
+def help_targets() -> set[str]:
     listed = subprocess.run([MAKE, "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    targets = {line.split()[1] for line in listed.splitlines()}
+    return {line.split()[1] for line in listed.splitlines()}
+
+
+def test_help_lists_every_target_the_readme_uses() -> None:
     used = readme_make_targets()
-    assert {"up", "test", "stack", "env", "test-deps", "render", "bench"} <= used, "the README parse found them"
-    assert used <= targets, f"README uses targets that make help does not list: {sorted(used - targets)}"
+    assert {"up", "test", "stack", "env", "test-deps", "render", "bench", "deps"} <= used, "the README parse found them"
+    assert used <= help_targets(), f"README uses targets that make help does not list: {sorted(used - help_targets())}"
+
+
+def test_help_lists_every_phony_target() -> None:
+    # The README says `make help` lists every target.
+    makefile = (ROOT / "Makefile").read_text()
+    phony = {t for line in re.findall(r"^\.PHONY:(.*)$", makefile, flags=re.MULTILINE) for t in line.split()}
+    assert {"up", "deps", "dev-deps"} <= phony, "the Makefile parse found them"
+    assert phony <= help_targets(), f"make help does not list: {sorted(phony - help_targets())}"
 
 
 # ---- `make test`'s dependency step ------------------------------------------------------------
@@ -194,10 +246,14 @@ echo "sudo $*" >> "$APT_LOG"
 [[ $1 == -n ]] && shift
 if [[ -n $SUDO_OK ]]; then "$@"; else exit 1; fi
 """
-# "Installs" every package by dropping a cloud-init stand-in next to itself.
+# "Installs" every package by dropping a cloud-init stand-in next to itself, as chatty as dpkg is;
+# with APT_FAILS set, the install fails as apt does without a mirror.
 STAND_IN_APT = """#!/bin/bash
 echo "DEBIAN_FRONTEND=${DEBIAN_FRONTEND:-} apt-get $*" >> "$APT_LOG"
+echo "Selecting previously unselected package cloud-init."
+echo "debconf: delaying package configuration, since apt-utils is not installed" >&2
 if [[ " $* " == *" install "* ]]; then
+  if [[ -n ${APT_FAILS:-} ]]; then echo "E: Unable to locate package cloud-init" >&2; exit 100; fi
   printf '#!/bin/sh\\nexit 0\\n' > "${0%/*}/cloud-init" && /bin/chmod +x "${0%/*}/cloud-init"
 fi
 """
@@ -207,7 +263,7 @@ def machine_without_cloud_init(tmp_path: Path, uid: int, sudo_without_password: 
     """A PATH with everything `make test` checks for except cloud-init, and apt/sudo/id stand-ins."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("bash", "env"):
+    for tool in ("bash", "env", "mktemp", "rm"):  # coreutils: on every machine
         (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
     (bin_dir / "python3").symlink_to(os.path.realpath(sys.executable))
     for tool in ("ssh-keygen", "virsh"):
@@ -215,9 +271,11 @@ def machine_without_cloud_init(tmp_path: Path, uid: int, sudo_without_password: 
     stand_in(bin_dir, "id", STAND_IN_ID)
     stand_in(bin_dir, "sudo", STAND_IN_SUDO)
     stand_in(bin_dir, "apt-get", STAND_IN_APT)
+    (tmp_path / "tmp").mkdir()
     return {
         "PATH": str(bin_dir),
         "HOME": str(tmp_path),
+        "TMPDIR": str(tmp_path / "tmp"),
         "FAKE_UID": str(uid),
         "SUDO_OK": "yes" if sudo_without_password else "",
         "APT_LOG": str(tmp_path / "apt.log"),
@@ -251,7 +309,8 @@ def test_dependency_step_installs_missing_tools_with_apt(tmp_path: Path, as_root
     env = machine_without_cloud_init(tmp_path, uid=0 if as_root else 1000, sudo_without_password=not as_root)
     first = subprocess.run([MAKE, "-s", "test-deps"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert first.returncode == 0, first.stderr
-    assert first.stderr.splitlines() == ["make test: installing cloud-init with apt-get"]
+    assert first.stderr.splitlines() == ["make test: installing cloud-init with apt-get"] and first.stdout == ""
+    assert list((tmp_path / "tmp").iterdir()) == [], "the apt log of a good install is not kept"
     apt = "DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=300"
     apt_calls = [f"{apt} update", f"{apt} install -y --no-install-recommends cloud-init"]
     sudo_calls = [] if as_root else ["sudo -n true"] + [f"sudo -n env {call}" for call in apt_calls]
@@ -262,3 +321,19 @@ def test_dependency_step_installs_missing_tools_with_apt(tmp_path: Path, as_root
     again = subprocess.run([MAKE, "-s", "test-deps"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert again.returncode == 0 and again.stderr == ""
     assert apt_log(tmp_path) == log, "nothing left to install"
+
+
+def test_failed_apt_install_is_one_line_naming_its_log(tmp_path: Path) -> None:
+    env = machine_without_cloud_init(tmp_path, uid=0, sudo_without_password=False) | {"APT_FAILS": "yes"}
+    done = subprocess.run([MAKE, "-s", "test-deps"], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and done.stdout == ""
+    announced, ours, makes = done.stderr.splitlines()
+    assert announced == "make test: installing cloud-init with apt-get"
+    (log,) = (tmp_path / "tmp").iterdir()
+    assert ours == (
+        f"make test: apt-get could not install cloud-init (its output: {log}); "
+        "install them with: sudo apt-get install cloud-init"
+    )
+    assert makes.startswith("make: *** [") and makes.endswith(": test-deps] Error 1")
+    kept = log.read_text()
+    assert "Unable to locate package cloud-init" in kept and "Selecting previously unselected" in kept

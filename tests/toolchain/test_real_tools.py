@@ -62,7 +62,8 @@ def rendered_kubeadm(tmp_path_factory: pytest.TempPathFactory, ssh_key: Path) ->
     root = tmp_path_factory.mktemp("rendered")
     found: dict[str, list[Path]] = {}
     for name, (stack, overrides) in CONFIGS.items():
-        out = render_stack(stack, {**overrides, "sshKeyPath": str(ssh_key)}, root / name)
+        host_keys = str(ssh_key.parent / "host-keys" / stack)  # not hostKeyDir's default under $HOME
+        out = render_stack(stack, {**overrides, "sshKeyPath": str(ssh_key), "hostKeyDir": host_keys}, root / name)
         found[name] = sorted((out / "kubeadm").glob("*.yaml"))
     return found
 
