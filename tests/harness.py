@@ -46,6 +46,9 @@ class Resource:
     # Resource option customTimeouts: operation -> duration ("600s"); only the ones set.
     custom_timeouts: dict[str, str]
     replace_on_changes: list[str]
+    # Resource options import (the id to adopt) and ignoreChanges.
+    import_id: str = ""
+    ignore_changes: list[str] = field(default_factory=list)
 
     def plain(self, key: str) -> Any:
         return unwrap(self.inputs.get(key))
@@ -243,6 +246,8 @@ def _run_child(request: dict[str, Any]) -> dict[str, Any]:
                         "retain_on_delete": bool(request.retainOnDelete),
                         "custom_timeouts": _custom_timeouts(request),
                         "replace_on_changes": sorted(request.replaceOnChanges),
+                        "import_id": request.importId,
+                        "ignore_changes": sorted(request.ignoreChanges),
                     }
                 )
             return response

@@ -373,3 +373,31 @@ def test_gather_reads_this_stacks_vms_and_volumes_through_real_virsh(ssh_key: Pa
         StackDomain("t-work11", 1536, False, ("work11-abc.qcow2",), ""),  # shut off
     ]
     assert facts.stack_volumes == (StackVolume("base.qcow2", 900), StackVolume("head10-abc.qcow2", 1802))
+
+
+def test_qemu_may_open_dev_kvm_through_its_group_only_when_the_mode_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QEMU runs as its account with that account's groups: owner, group and other bits decide."""
+    device = tmp_path / "kvm"
+    device.write_text("")
+    monkeypatch.setattr(hf, "DEV_KVM", device)
+    monkeypatch.setattr(hf, "_qemu_conf_value", lambda key: None)
+    nogroup = 65534  # the group of the `nobody` account; root's group 0 is not one of its groups
+    for owner_group, mode, expected in (
+        (0, 0o600, False),
+        (0, 0o606, True),
+        (nogroup, 0o660, True),
+        (nogroup, 0o600, False),
+    ):
+        os.chown(device, 0, owner_group)
+        device.chmod(mode)
+        assert hf._qemu_kvm_accessible("nobody") is expected, (owner_group, oct(mode))
+    assert hf._qemu_kvm_accessible("root") is True
+    assert hf._kvm_device_mode() == "-rw------- root:nogroup"
+    # qemu.conf's `group` is one more group QEMU runs with.
+    os.chown(device, 0, 0)
+    device.chmod(0o660)
+    assert hf._qemu_kvm_accessible("nobody") is False
+    monkeypatch.setattr(hf, "_qemu_conf_value", lambda key: "root" if key == "group" else None)
+    assert hf._qemu_kvm_accessible("nobody") is True

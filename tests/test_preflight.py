@@ -413,3 +413,19 @@ def test_readme_gives_the_apparmor_fix_the_preflight_gives(ssh_key: Path) -> Non
     qemu_fix = only(pf.check(air, healthy(apparmor_qemu_pool_allowed=False)), "apparmor").fix
     command = f"echo '\"/var/lib/libvirt/images/kube-on-air-air/**\" rwk,' | sudo tee -a {LOCAL_QEMU_ABSTRACTION}"
     assert command in qemu_fix and f"\n{command}\n" in readme
+
+
+def test_a_dev_kvm_qemu_cannot_open_stalls_domains_even_under_emulation(ssh_key: Path) -> None:
+    """Measured here: root-only /dev/kvm (no udev) made libvirt re-probe QEMU and each create stall ~3 min."""
+    facts = healthy(kvm_device_mode="crw------- root:root", qemu_kvm_accessible=False)
+    for domain_type in ("kvm", "qemu"):
+        problem = only(pf.check(cluster_config(ssh_key, domainType=domain_type), facts), "kvm")
+        assert_says(
+            problem,
+            ["crw------- root:root", "libvirt-qemu", "stalls"],
+            ["chgrp kvm /dev/kvm", "chmod 0660 /dev/kvm"],
+        )
+    # Unknown (no /dev/kvm, no QEMU account) never blocks; qemu:///session runs QEMU as you.
+    assert pf.check(cluster_config(ssh_key), healthy(qemu_kvm_accessible=None)) == []
+    session = cluster_config(ssh_key, uri="qemu:///session")
+    assert pf.check(session, dataclasses.replace(facts, libvirt_uri="qemu:///session")) == []

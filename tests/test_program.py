@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -390,3 +392,83 @@ def test_phase_timing_is_recorded_in_run_order(air: Evaluation) -> None:
     for marker in air.of_type(LOCAL):
         if marker.name.startswith("kube-on-air-phases-"):
             assert marker.plain("create") == "date +%s.%N", "inputs carry no timestamps"
+
+
+def _init_documents(evaluation: Evaluation) -> dict[str, dict[str, Any]]:
+    stdin = evaluation.named("kube-on-air-control-plane-init").plain("stdin")
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(stdin)}
+
+
+def _kube_router_liveness(evaluation: Evaluation) -> dict[str, Any]:
+    pod = evaluation.named("kube-on-air-cni-ds").plain("spec")["template"]["spec"]
+    return dict(next(c for c in pod["containers"] if c["name"] == "kube-router")["livenessProbe"])
+
+
+def test_a_slow_host_gets_patient_timeouts_and_a_real_host_upstreams(ssh_key: Path, air: Evaluation) -> None:
+    """slowHost auto follows domainType: under emulation etcd, kubeadm, the kubelet, the static pods,
+    kube-router and the CNI await are patient; on KVM every value stays upstream's."""
+    slow = evaluate("air", air_config(ssh_key, domainType="qemu"))
+    forced_off = evaluate("air", air_config(ssh_key, domainType="qemu", slowHost="false"))
+    docs = _init_documents(slow)
+    assert docs["InitConfiguration"]["timeouts"]["controlPlaneComponentHealthCheck"] == "20m0s"
+    assert docs["InitConfiguration"]["patches"] == {"directory": "/var/lib/kube-on-air/patches"}
+    etcd_args = {a["name"]: a["value"] for a in docs["ClusterConfiguration"]["etcd"]["local"]["extraArgs"]}
+    assert etcd_args == {"heartbeat-interval": "500", "election-timeout": "5000"}
+    assert docs["KubeletConfiguration"]["runtimeRequestTimeout"] == "10m0s"
+    init_script = slow.named("kube-on-air-control-plane-init").plain("create")
+    assert "kube-apiserver+strategic.yaml" in init_script and "failureThreshold: 30" in init_script
+    assert _kube_router_liveness(slow)["failureThreshold"] == 12
+    assert slow.named("kube-on-air-cni-ds").custom_timeouts == {"create": "1800s", "update": "1800s"}
+    for upstream in (air, forced_off):
+        docs = _init_documents(upstream)
+        assert "timeouts" not in docs["InitConfiguration"] and "patches" not in docs["InitConfiguration"]
+        assert "etcd" not in docs["ClusterConfiguration"]
+        assert docs["KubeletConfiguration"]["runtimeRequestTimeout"] == "2m0s"
+        assert "strategic.yaml" not in upstream.named("kube-on-air-control-plane-init").plain("create")
+        assert _kube_router_liveness(upstream)["failureThreshold"] == 3
+        assert upstream.named("kube-on-air-cni-ds").custom_timeouts == {"create": "600s", "update": "600s"}
+
+
+def test_the_kubernetes_provider_waits_for_a_steady_api_server(air: Evaluation) -> None:
+    provider = air.named("kube-on-air-k8s")
+    assert "kube-on-air-api-steady" in transitive(air, "kube-on-air-k8s")
+    gate = air.named("kube-on-air-api-steady")
+    joins = {r.urn for r in air.resources if r.name.endswith("-kubeadm-join")}
+    assert joins and joins <= set(gate.dependencies)
+    assert gate.urn in provider.dependencies
+
+
+STAND_IN_VIRSH = """#!/bin/sh
+# Answers kept_store's three questions as libvirt does after a destroy with keepBaseImage.
+case "$*" in
+  *"pool-uuid koa-air"*) echo 0f6c4e1a-0000-4000-8000-000000000001 ;;
+  *"domuuid head10"*)
+    if [ -n "${KOA_TEST_CONTROL_PLANE_RUNS:-}" ]; then echo 7d1b0c3e-0000-4000-8000-000000000002; exit 0; fi
+    echo "error: failed to get domain 'head10'" >&2; exit 1 ;;
+  *"vol-key base.qcow2 --pool koa-air"*) echo /var/lib/libvirt/images/kube-on-air-air/base.qcow2 ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+def test_a_kept_pool_and_base_image_are_taken_over_not_created_again(
+    ssh_key: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """terraform-provider-libvirt v0.8.1 refuses to create a pool whose name exists ("storage pool
+    'koa-air' already exists"), which is what keepBaseImage's destroy leaves: the next up imports it."""
+    (tmp_path / "virsh").write_text(STAND_IN_VIRSH)
+    (tmp_path / "virsh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    kept = evaluate("air", air_config(ssh_key, keepBaseImage="true"))
+    assert kept.error is None, kept.error
+    pool, base = kept.named("kube-on-air-images-pool"), kept.named("kube-on-air-images-base")
+    assert pool.import_id == "0f6c4e1a-0000-4000-8000-000000000001"
+    assert base.import_id == "/var/lib/libvirt/images/kube-on-air-air/base.qcow2"
+    assert base.ignore_changes == ["source"]
+    # A running cluster's store is in the state already; without keepBaseImage nothing was kept.
+    monkeypatch.setenv("KOA_TEST_CONTROL_PLANE_RUNS", "1")
+    running = evaluate("air", air_config(ssh_key, keepBaseImage="true"))
+    fresh = evaluate("air", air_config(ssh_key, keepBaseImage="false"))
+    for evaluation in (running, fresh):
+        assert evaluation.named("kube-on-air-images-pool").import_id == ""
+        assert evaluation.named("kube-on-air-images-base").ignore_changes == []
