@@ -135,10 +135,11 @@ def register_plugins(home: Path, directory: Path) -> list[str]:
 def registered_problems(home: Path) -> list[str]:
     """What the toolchain at `home` still lacks for a real `pulumi up`, one line a piece."""
     lacking = [f"{name} (run make toolchain)" for name in ("pulumi", "kubeadm") if not (home / "bin" / name).exists()]
-    plugins = [*offline_plugins(), Plugin("kubernetes", toolchain.KUBERNETES_PROVIDER[0])]
+    plugins = [(p, "make plugins") for p in offline_plugins()]
+    plugins.append((Plugin("kubernetes", toolchain.KUBERNETES_PROVIDER[0]), "make toolchain"))
     lacking += [
-        f"plugin {p.name} {p.version} (make plugins)"
-        for p in plugins
+        f"plugin {p.name} {p.version} ({how})"
+        for p, how in plugins
         if not toolchain.plugin_registered(home, p.name, p.version)
     ]
     hosts = (LANGUAGE_HOST, LANGUAGE_HOST_EXEC)
