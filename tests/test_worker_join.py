@@ -1,9 +1,11 @@
-"""Joining a worker: every run mints its own short-lived token on the control plane, just in time.
+"""Joining a worker: every run mints its own short-lived token on the control plane, just in time,
+and revokes it again once the join has used it or failed.
 
 The join script runs for real on this host, exactly as the program hands it to pulumi-command,
 with a stand-in `ssh` on PATH that plays both nodes: the control plane answers the mint script with
-a new token each time; the worker answers the "already joined?" probe from its state and keeps what
-the join script receives on stdin. Every ssh argv is recorded, to show the token is never in one.
+a new token each time and deletes the token whose id the revoke script reads on stdin; the worker
+answers the "already joined?" probe from its state and keeps what the join script receives on stdin.
+Every ssh argv is recorded, to show the token is never in one.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ case "$host:$command" in
     token=$(printf 'mint%02d.%016d' "$count" "$count")
     echo "$token" >> "$STATE/minted"
     printf '%s\n%s\n' "$token" "$CA_HASH" ;;
+  "$CONTROL_PLANE:"*"delete secret \"bootstrap-token-"*)
+    read -r id
+    echo "$id" >> "$STATE/revoked"
+    [ -z "${REVOKE_FAILS:-}" ] || exit 1 ;;
   "$WORKER:sudo test -f /etc/kubernetes/kubelet.conf")
     [ -z "${WORKER_DOWN:-}" ] || exit 255
     [ -e "$STATE/joined" ] ;;
@@ -55,6 +61,10 @@ class Run:
 
     def minted(self) -> list[str]:
         path = self.state / "minted"
+        return path.read_text().split() if path.exists() else []
+
+    def revoked(self) -> list[str]:
+        path = self.state / "revoked"
         return path.read_text().split() if path.exists() else []
 
     def join_configs(self) -> list[str]:
@@ -111,7 +121,7 @@ def test_a_join_uses_the_token_minted_for_it_and_never_passes_it_in_argv(run_joi
     assert run.minted() == [bootstrap_token(config)]
     assert yaml.safe_load(config)["nodeRegistration"]["name"] == "work13"
     calls = run.ssh_calls()
-    assert [call[-2] for call in calls] == [WORKER, CONTROL_PLANE, WORKER], "probe, mint, join"
+    assert [call[-2] for call in calls] == [WORKER, CONTROL_PLANE, WORKER, CONTROL_PLANE], "probe, mint, join, revoke"
     assert all("StrictHostKeyChecking=yes" in call and "BatchMode=yes" in call for call in calls)
     token = run.minted()[0]
     assert not any(token in arg for call in calls for arg in call)
@@ -155,3 +165,49 @@ def test_the_placeholders_are_all_replaced(run_join: JoinRunner) -> None:
     run = run_join()
     (config,) = run.join_configs()
     assert not re.search(r"KOA_[A-Z_]+", config), config
+
+
+def token_id(token: str) -> str:
+    return token.split(".")[0]
+
+
+def test_the_token_is_revoked_after_the_join_by_its_id_on_stdin(run_join: JoinRunner) -> None:
+    run = run_join()
+    assert run.done.returncode == 0, run.done.stderr
+    (token,) = run.minted()
+    assert run.revoked() == [token_id(token)]
+    assert "revoked the bootstrap token minted for the join of work13" in run.done.stdout
+    revoke = run.ssh_calls()[-1]
+    assert "--ignore-not-found" in revoke[-1], "revoking twice is fine"
+    assert not any(token_id(token) in arg for arg in revoke), "the id travels on stdin"
+
+
+def test_a_failed_join_revokes_its_token_too(run_join: JoinRunner) -> None:
+    run = run_join(JOIN_FAILS="1")
+    assert run.done.returncode == 1
+    (token,) = run.minted()
+    assert run.revoked() == [token_id(token)]
+
+
+@pytest.mark.parametrize("join_fails", ["", "1"])
+def test_a_failed_revoke_is_reported_and_keeps_the_joins_outcome(run_join: JoinRunner, join_fails: str) -> None:
+    run = run_join(REVOKE_FAILS="1", JOIN_FAILS=join_fails)
+    assert run.done.returncode == (1 if join_fails else 0), run.done.stderr
+    assert "could not revoke the bootstrap token minted for the join of work13: it expires 30m" in run.done.stderr
+
+
+def test_a_token_with_a_malformed_hash_is_revoked(run_join: JoinRunner) -> None:
+    run = run_join(CONTROL_PLANE_SAYS="abcdef.0123456789abcdef\nsha256:nothex")
+    assert run.done.returncode == 1
+    assert run.revoked() == ["abcdef"] and run.join_configs() == []
+
+
+def test_no_token_no_revoke(run_join: JoinRunner) -> None:
+    assert run_join(WORKER_DOWN="1").revoked() == []
+    assert run_join(CONTROL_PLANE_SAYS="Error: unknown flag: --ttl").revoked() == []
+
+
+def test_the_hash_is_computed_before_the_token_is_minted() -> None:
+    # Nothing may fail between minting the token and handing it to the join step, which revokes it.
+    script = (Path(__file__).parent.parent / "templates/scripts/join-credentials.sh.j2").read_text()
+    assert script.index("openssl x509") < script.index("kubeadm token create")
