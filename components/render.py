@@ -171,6 +171,10 @@ def revoke_token_script(node: NodeSpec) -> str:
     return render("scripts/revoke-join-token.sh.j2", hostname=node.name)
 
 
+def stale_node_script(node: NodeSpec) -> str:
+    return render("scripts/delete-stale-node.sh.j2", hostname=node.name)
+
+
 def kubeadm_join_script(node: NodeSpec) -> str:
     return render("scripts/kubeadm-join.sh.j2", hostname=node.name)
 
@@ -182,6 +186,7 @@ def join_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping
         token_ttl=JOIN_TOKEN_TTL,
         mint_script=join_credentials_script(node).rstrip("\n"),
         revoke_script=revoke_token_script(node).rstrip("\n"),
+        stale_node_script=stale_node_script(node).rstrip("\n"),
         join_script=kubeadm_join_script(node).rstrip("\n"),
         join_config=join_config(config, node, TOKEN_PLACEHOLDER, CA_CERT_HASH_PLACEHOLDER).rstrip("\n"),
         token_placeholder=TOKEN_PLACEHOLDER,

@@ -121,6 +121,7 @@ EMBEDDED_SCRIPTS = {
     "ON_WORKER": "on-worker",
     "ON_CONTROL_PLANE": "on-control-plane",
     "REVOKE_ON_CONTROL_PLANE": "revoke-on-control-plane",
+    "STALE_NODE_ON_CONTROL_PLANE": "stale-node-on-control-plane",
 }
 
 

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.harness import Evaluation
+from tests.render import heredocs
 
 CONTROL_PLANE = "kube@172.31.255.10"
 WORKER = "kube@172.31.255.13"
@@ -42,6 +43,9 @@ case "$host:$command" in
     read -r id
     echo "$id" >> "$STATE/revoked"
     [ -z "${REVOKE_FAILS:-}" ] || exit 1 ;;
+  "$CONTROL_PLANE:"*"delete node work13 --ignore-not-found"*)
+    [ -z "${CONTROL_PLANE_DOWN:-}" ] || exit 255
+    if [ -e "$STATE/node-work13" ]; then rm "$STATE/node-work13"; echo 'node "work13" deleted'; fi ;;
   "$WORKER:sudo test -f /etc/kubernetes/kubelet.conf")
     [ -z "${WORKER_DOWN:-}" ] || exit 255
     [ -e "$STATE/joined" ] ;;
@@ -77,13 +81,25 @@ class Run:
 JoinRunner = Callable[..., Run]
 
 
-@pytest.fixture
-def run_join(tmp_path: Path, air: Evaluation) -> JoinRunner:
+def join_worker_script(air: Evaluation) -> str:
     script = air.named("work13-kubeadm-join").plain("create")
     assert isinstance(script, str)
-    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    return script
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    """What the stand-in nodes hold; a file node-work13 is a Node of that name on the control plane."""
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def run_join(tmp_path: Path, state: Path, air: Evaluation) -> JoinRunner:
+    script = join_worker_script(air)
+    bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    state.mkdir()
     (bin_dir / "ssh").write_text(FAKE_SSH)
     (bin_dir / "ssh").chmod(0o755)
 
@@ -121,7 +137,8 @@ def test_a_join_uses_the_token_minted_for_it_and_never_passes_it_in_argv(run_joi
     assert run.minted() == [bootstrap_token(config)]
     assert yaml.safe_load(config)["nodeRegistration"]["name"] == "work13"
     calls = run.ssh_calls()
-    assert [call[-2] for call in calls] == [WORKER, CONTROL_PLANE, WORKER, CONTROL_PLANE], "probe, mint, join, revoke"
+    hosts = [WORKER, CONTROL_PLANE, CONTROL_PLANE, WORKER, CONTROL_PLANE]
+    assert [call[-2] for call in calls] == hosts, "probe, stale Node, mint, join, revoke"
     assert all("StrictHostKeyChecking=yes" in call and "BatchMode=yes" in call for call in calls)
     token = run.minted()[0]
     assert not any(token in arg for call in calls for arg in call)
@@ -211,3 +228,122 @@ def test_the_hash_is_computed_before_the_token_is_minted() -> None:
     # Nothing may fail between minting the token and handing it to the join step, which revokes it.
     script = (Path(__file__).parent.parent / "templates/scripts/join-credentials.sh.j2").read_text()
     assert script.index("openssl x509") < script.index("kubeadm token create")
+
+
+def test_a_stale_node_of_the_same_name_is_deleted_before_the_join(run_join: JoinRunner, state: Path) -> None:
+    # A rebuilt worker (new disk, same name): the old machine's Node may still read Ready, and
+    # kubeadm join refuses a name that a Ready Node holds.
+    (state / "node-work13").touch()
+    run = run_join()
+    assert run.done.returncode == 0, run.done.stderr
+    assert not (run.state / "node-work13").exists()
+    commands = [call[-1] for call in run.ssh_calls()]
+    assert "delete node work13" in commands[1] and "kubeadm token create" in commands[2]
+
+
+def test_a_joined_worker_keeps_its_node(run_join: JoinRunner, state: Path) -> None:
+    assert run_join().done.returncode == 0
+    (state / "node-work13").touch()
+    again = run_join()
+    assert again.done.stdout == "work13 already joined\n"
+    assert (again.state / "node-work13").exists()
+
+
+def test_an_unreachable_control_plane_stops_the_join_before_a_token_is_minted(run_join: JoinRunner) -> None:
+    run = run_join(CONTROL_PLANE_DOWN="1")
+    assert run.done.returncode != 0
+    assert run.minted() == [] and run.join_configs() == []
+
+
+# The worker side, kubeadm-join.sh, run for real: a stand-in sudo moves /etc/kubernetes and
+# /var/lib/kube-on-air under $ROOT; a stand-in kubeadm does what the script relies on: join's preflight
+# refuses leftovers (cmd/kubeadm/app/preflight RunJoinNodeChecks: FileAvailable for pki/ca.crt,
+# kubelet.conf, bootstrap-kubelet.conf; Port-10250), its kubelet-start phase writes
+# bootstrap-kubelet.conf and pki/ca.crt and starts the kubelet before it checks for a Ready Node of the
+# same name, and reset removes all of it.
+FAKE_SUDO = r"""#!/bin/bash
+args=()
+for arg in "$@"; do
+  arg=${arg//\/etc\/kubernetes/$ROOT/etc/kubernetes}
+  args+=("${arg//\/var\/lib\/kube-on-air/$ROOT/var/lib/kube-on-air}")
+done
+exec "${args[@]}"
+"""
+
+FAKE_KUBEADM = r"""#!/bin/bash
+set -euo pipefail
+k=$ROOT/etc/kubernetes
+echo "$1" >> "$ROOT/kubeadm-calls"
+case "$1" in
+  reset) rm -rf "$k/kubelet.conf" "$k/bootstrap-kubelet.conf" "$k/pki" "$ROOT/kubelet-running" ;;
+  join)
+    for leftover in "$k/pki/ca.crt" "$k/kubelet.conf" "$k/bootstrap-kubelet.conf"; do
+      [ ! -e "$leftover" ] || { echo "[ERROR FileAvailable]: $leftover already exists" >&2; exit 1; }
+    done
+    [ ! -e "$ROOT/kubelet-running" ] || { echo "[ERROR Port-10250]: Port 10250 is in use" >&2; exit 1; }
+    mkdir -p "$k/pki"
+    touch "$k/bootstrap-kubelet.conf" "$k/pki/ca.crt" "$ROOT/kubelet-running"
+    if [ -n "${READY_NODE_EXISTS:-}" ]; then
+      echo 'a Node with name "work13" and status "Ready" already exists in the cluster' >&2
+      exit 1
+    fi
+    touch "$k/kubelet.conf"
+    rm "$k/bootstrap-kubelet.conf" ;;
+  *) exit 2 ;;
+esac
+"""
+
+
+@dataclass
+class Worker:
+    """A stand-in worker's file system, and kubeadm-join.sh as the join step sends it there."""
+
+    root: Path
+    bin_dir: Path
+    script: str
+
+    def join(self, **env: str) -> subprocess.CompletedProcess[str]:
+        environment = {**os.environ, "PATH": f"{self.bin_dir}:{os.environ['PATH']}", "ROOT": str(self.root), **env}
+        return subprocess.run(
+            ["/bin/bash", "-c", self.script],
+            input="kind: JoinConfiguration\n",
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=30,
+            check=False,
+        )
+
+    def has(self, path: str) -> bool:
+        return (self.root / path.lstrip("/")).exists()
+
+    def kubeadm_calls(self) -> list[str]:
+        return (self.root / "kubeadm-calls").read_text().split()
+
+
+@pytest.fixture
+def worker(tmp_path: Path, air: Evaluation) -> Worker:
+    bin_dir, root = tmp_path / "bin", tmp_path / "root"
+    bin_dir.mkdir()
+    (root / "etc/kubernetes").mkdir(parents=True)
+    for name, text in (("sudo", FAKE_SUDO), ("kubeadm", FAKE_KUBEADM)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return Worker(root, bin_dir, heredocs(join_worker_script(air))["ON_WORKER"])
+
+
+def test_a_join_that_stopped_half_way_is_reset_and_retried(worker: Worker) -> None:
+    failed = worker.join(READY_NODE_EXISTS="1")
+    assert failed.returncode == 1
+    assert worker.has("/etc/kubernetes/pki/ca.crt") and not worker.has("/etc/kubernetes/kubelet.conf")
+    again = worker.join()
+    assert again.returncode == 0, again.stderr
+    assert "an earlier join of work13 stopped half-way" in again.stderr
+    assert worker.kubeadm_calls() == ["join", "reset", "join"]
+    assert worker.has("/etc/kubernetes/kubelet.conf") and not worker.has("/var/lib/kube-on-air/join-config.yaml")
+
+
+def test_a_fresh_worker_joins_without_a_reset(worker: Worker) -> None:
+    assert worker.join().returncode == 0
+    assert worker.join().stdout == "work13 already joined\n"
+    assert worker.kubeadm_calls() == ["join"]
