@@ -220,7 +220,14 @@ def _pinned_ssh(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, H
 
 
 def remove_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
-    return render("scripts/remove-worker.sh.j2", **_pinned_ssh(config, node, host_keys), drain_timeout=DRAIN_TIMEOUT)
+    return render(
+        "scripts/remove-worker.sh.j2",
+        **_pinned_ssh(config, node, host_keys),
+        drain_timeout=DRAIN_TIMEOUT,
+        libvirt_uri=config.libvirt_uri,
+        network=config.network_name,
+        mac=node.mac,
+    )
 
 
 def hosts_snippet(config: ClusterConfig) -> str:
