@@ -64,7 +64,9 @@ def read_back(iso_path: Path) -> dict[str, object]:
         iso.close()
 
 
-@pytest.mark.skipif(any(shutil.which(tool) is None for tool in TOOLS), reason="genisoimage and xorriso needed")
+# Not among make test's system dependencies (tests/test_makefile.py pins that list): apt-get install
+# genisoimage xorriso to run it.
+@pytest.mark.skipif(any(shutil.which(tool) is None for tool in TOOLS), reason="apt-get install genisoimage xorriso")
 def test_xorrisofs_as_mkisofs_reads_back_like_genisoimage(tmp_path: Path) -> None:
     seen = {tool: read_back(provider_iso(tool, tmp_path / tool)) for tool in TOOLS}
     assert seen["xorrisofs"] == seen["genisoimage"]
