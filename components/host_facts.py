@@ -73,6 +73,8 @@ class StackDomain:
     running: bool
     disk_volumes: tuple[str, ...]  # names of its disk volumes in the stack's pool
     description: str
+    vcpu: int | None = None  # None: not read
+    domain_type: str = ""  # kvm or qemu (libvirt's test driver: test); "": not read
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,16 @@ def parse_domain_xml(xml_text: str, pool: str, running: Collection[str]) -> Stac
     if memory is None or memory.text is None:
         return None
     memory_mib = int(memory.text) * _BYTES[memory.get("unit", "KiB")] // MIB
-    return StackDomain(name, memory_mib, name in running, volumes, root.findtext("description") or "")
+    vcpu = root.findtext("vcpu")
+    return StackDomain(
+        name,
+        memory_mib,
+        name in running,
+        volumes,
+        root.findtext("description") or "",
+        vcpu=int(vcpu) if vcpu and vcpu.strip().isdigit() else None,
+        domain_type=root.get("type", ""),
+    )
 
 
 _VOLUME_ROW = re.compile(r"^\s*(\S+)\s.*\s([\d.]+) (\S+)\s+([\d.]+) (\S+)\s*$")

@@ -6,8 +6,8 @@
 Which checks apply:
 - always: virsh present, libvirt reachable, mkisofs (the provider builds the cloud-init ISO on the Pulumi host),
   ssh (the join and leave steps run it there), ssh-key, network overlap with other libvirt networks,
-  KVM offered by libvirt's capabilities (remote URIs only), and that `up` would not rebuild the
-  running control plane (given what the program would build for it).
+  KVM offered by libvirt's capabilities (remote URIs only), and that `up` would neither rebuild the
+  running control plane (given what the program would build for it) nor resize it (a new domain).
 - local URIs only: /dev/kvm and CPU flags, AppArmor, pool directory permissions, SELinux, memory,
   disk, host routes (their facts are unknown over qemu+ssh://). Memory and disk count what this
   stack's running VMs and pool volumes already hold, so a re-run or a scale-down needs no more room.
@@ -27,8 +27,15 @@ from itertools import islice
 from urllib.parse import urlsplit
 
 from components import identity
-from components.config import BASE_VOLUME, NAMESPACE, ClusterConfig
-from components.host_facts import QEMU_ABSTRACTION, QEMU_LOCAL_ABSTRACTION, HostFacts, HostRoute, gather_host_facts
+from components.config import BASE_VOLUME, DOMAIN_TYPES, NAMESPACE, ClusterConfig
+from components.host_facts import (
+    QEMU_ABSTRACTION,
+    QEMU_LOCAL_ABSTRACTION,
+    HostFacts,
+    HostRoute,
+    StackDomain,
+    gather_host_facts,
+)
 from components.identity import NodeIdentity
 
 SKIP_ENV = "KUBE_ON_AIR_SKIP_PREFLIGHT"
@@ -405,7 +412,7 @@ def _check_control_plane(
     if expected is None or deployed is None:
         return []  # nothing built yet (or gone): building it is what `up` is for
     if identity.disk_volume_name(config.control_plane, expected.generation) in deployed.disk_volumes:
-        return []
+        return _check_control_plane_size(config, deployed)
     recorded = identity.parse_description(deployed.description)
     if recorded is None:
         reason = "an earlier kube-on-air built it (its description records no identity) and this one builds nodes anew"
@@ -421,6 +428,39 @@ def _check_control_plane(
             "and Kubernetes objects would not follow",
             f"{undo}, or rebuild the whole cluster on purpose: `pulumi destroy`, then `pulumi up` "
             f"(skipping the preflight with {SKIP_ENV}=1 lets `up` break the cluster)",
+        )
+    ]
+
+
+def control_plane_size_changes(config: ClusterConfig, deployed: StackDomain) -> list[tuple[str, str, str]]:
+    """(config key, running value, configured value) for each size of the control plane's domain that differs.
+
+    Provider v0.8.1 can change none of them in place: vcpu, memory and type are ForceNew."""
+    cp = config.control_plane
+    running_type = deployed.domain_type if deployed.domain_type in DOMAIN_TYPES else None  # not one we build
+    sizes = (
+        ("controlPlaneVcpu", deployed.vcpu, cp.vcpu),
+        ("controlPlaneMemoryMiB", deployed.memory_mib, cp.memory_mib),
+        ("domainType", running_type, config.domain_type),
+    )
+    return [(_key(key), str(old), str(new)) for key, old, new in sizes if old is not None and str(old) != str(new)]
+
+
+def _check_control_plane_size(config: ClusterConfig, deployed: StackDomain) -> list[PreflightProblem]:
+    """A new domain for the control plane replaces init and the kubeconfig, hence every Kubernetes object."""
+    changes = control_plane_size_changes(config, deployed)
+    if not changes:
+        return []
+    changed = "; ".join(f"{key}: {old} -> {new}" for key, old, new in changes)
+    undo = " && ".join(f"pulumi config set {key} {old}" for key, old, _new in changes)
+    return [
+        PreflightProblem(
+            "control-plane",
+            f"the config resizes the running control plane {deployed.name} ({changed}); the libvirt provider can "
+            "only do that with a new domain, and `pulumi up` would then replace kubeadm init and the kubeconfig "
+            "and, through the Kubernetes provider, delete and recreate every Kubernetes object of this stack",
+            f"undo the change (`{undo}`), or resize by rebuilding the whole cluster on purpose: `pulumi destroy`, "
+            f"then `pulumi up` (skipping the preflight with {SKIP_ENV}=1 lets `up` recreate every Kubernetes object)",
         )
     ]
 

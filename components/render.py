@@ -215,6 +215,14 @@ def join_credentials_script(node: NodeSpec) -> str:
     return render("scripts/join-credentials.sh.j2", token_ttl=JOIN_TOKEN_TTL, hostname=node.name)
 
 
+def revoke_token_script(node: NodeSpec) -> str:
+    return render("scripts/revoke-join-token.sh.j2", hostname=node.name)
+
+
+def stale_node_script(node: NodeSpec) -> str:
+    return render("scripts/delete-stale-node.sh.j2", hostname=node.name)
+
+
 def kubeadm_join_script(node: NodeSpec) -> str:
     return render("scripts/kubeadm-join.sh.j2", hostname=node.name)
 
@@ -225,6 +233,8 @@ def join_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping
         **_pinned_ssh(config, node, host_keys),
         token_ttl=JOIN_TOKEN_TTL,
         mint_script=join_credentials_script(node).rstrip("\n"),
+        revoke_script=revoke_token_script(node).rstrip("\n"),
+        stale_node_script=stale_node_script(node).rstrip("\n"),
         join_script=kubeadm_join_script(node).rstrip("\n"),
         join_config=join_config(config, node, TOKEN_PLACEHOLDER, CA_CERT_HASH_PLACEHOLDER).rstrip("\n"),
         token_placeholder=TOKEN_PLACEHOLDER,
@@ -258,7 +268,14 @@ def _pinned_ssh(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, H
 
 
 def remove_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
-    return render("scripts/remove-worker.sh.j2", **_pinned_ssh(config, node, host_keys), drain_timeout=DRAIN_TIMEOUT)
+    return render(
+        "scripts/remove-worker.sh.j2",
+        **_pinned_ssh(config, node, host_keys),
+        drain_timeout=DRAIN_TIMEOUT,
+        libvirt_uri=config.libvirt_uri,
+        network=config.network_name,
+        mac=node.mac,
+    )
 
 
 def hosts_snippet(config: ClusterConfig) -> str:

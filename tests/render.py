@@ -147,7 +147,12 @@ def _script_name(resource: Resource, phase: str) -> str:
 
 # A script on the Pulumi host carries what it sends to the nodes as quoted here-documents.
 HEREDOC = re.compile(r"<<'(?P<marker>[A-Z_]+)'\n(?P<body>.*?)\n(?P=marker)\n", re.DOTALL)
-EMBEDDED_SCRIPTS = {"ON_WORKER": "on-worker", "ON_CONTROL_PLANE": "on-control-plane"}
+EMBEDDED_SCRIPTS = {
+    "ON_WORKER": "on-worker",
+    "ON_CONTROL_PLANE": "on-control-plane",
+    "REVOKE_ON_CONTROL_PLANE": "revoke-on-control-plane",
+    "STALE_NODE_ON_CONTROL_PLANE": "stale-node-on-control-plane",
+}
 
 
 def heredocs(script: str) -> dict[str, str]:

@@ -136,6 +136,8 @@ SCRIPT_TEMPLATES: dict[str, Callable[[int, int, bool], int]] = {
     "wait-ready.sh.j2": lambda n, w, p: n,
     "kubeadm-init.sh.j2": lambda n, w, p: 1,
     "join-credentials.sh.j2": lambda n, w, p: w,
+    "revoke-join-token.sh.j2": lambda n, w, p: w,
+    "delete-stale-node.sh.j2": lambda n, w, p: w,
     "fetch-kubeconfig.sh.j2": lambda n, w, p: 1,
     "kubeadm-join.sh.j2": lambda n, w, p: w,
     "join-worker.sh.j2": lambda n, w, p: w,

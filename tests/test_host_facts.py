@@ -205,7 +205,7 @@ def test_parsers() -> None:
 def provider_domain_xml(name: str, pool: str, memory: str = "<memory unit='KiB'>2097152</memory>") -> str:
     """A domain as provider v0.8.1 defines it: volume_id disks by pool and volume, the seed as a cdrom."""
     return (
-        f"<domain type='kvm'><name>{name}</name>{memory}<devices>"
+        f"<domain type='kvm'><name>{name}</name>{memory}<vcpu placement='static'>2</vcpu><devices>"
         f"<disk type='volume' device='disk'><source pool='{pool}' volume='{name}-0123456789.qcow2'/></disk>"
         f"<disk type='volume' device='cdrom'><source pool='{pool}' volume='{name}-seed-0123456789.iso'/></disk>"
         "</devices></domain>"
@@ -214,10 +214,10 @@ def provider_domain_xml(name: str, pool: str, memory: str = "<memory unit='KiB'>
 
 def test_domain_and_volume_parsers() -> None:
     ours = hf.parse_domain_xml(provider_domain_xml("head10", "koa-t"), "koa-t", running=["head10"])
-    assert ours == StackDomain("head10", 2048, True, ("head10-0123456789.qcow2",), "")
+    assert ours == StackDomain("head10", 2048, True, ("head10-0123456789.qcow2",), "", vcpu=2, domain_type="kvm")
     other_stack = provider_domain_xml("head10", "koa-lab", "<memory unit='MiB'>4096</memory>")
     assert hf.parse_domain_xml(other_stack, "koa-lab", running=[]) == StackDomain(
-        "head10", 4096, False, ("head10-0123456789.qcow2",), ""
+        "head10", 4096, False, ("head10-0123456789.qcow2",), "", vcpu=2, domain_type="kvm"
     )
     assert hf.parse_domain_xml(other_stack, "koa-t", running=["head10"]) is None
     # `virsh -q vol-list --details` as libvirt 9 prints it.
@@ -325,6 +325,7 @@ TEST_DRIVER_HOST = """<node>
     <name>t-head10</name>
     <description>{"kube-on-air": "t/head10"}</description>
     <memory unit='MiB'>2048</memory>
+    <vcpu>2</vcpu>
     <os><type>hvm</type></os>
     <devices>
       <disk type='volume' device='disk'><source pool='koa-t' volume='head10-abc.qcow2'/><target dev='vda'/></disk>
@@ -369,8 +370,8 @@ def test_gather_reads_this_stacks_vms_and_volumes_through_real_virsh(ssh_key: Pa
     facts = hf.gather_host_facts(cluster_config(ssh_key, uri=f"test://{host}"))
     assert facts.libvirt_reachable is True
     assert sorted(facts.stack_domains or (), key=lambda d: d.name) == [
-        StackDomain("t-head10", 2048, True, ("head10-abc.qcow2",), '{"kube-on-air": "t/head10"}'),
-        StackDomain("t-work11", 1536, False, ("work11-abc.qcow2",), ""),  # shut off
+        StackDomain("t-head10", 2048, True, ("head10-abc.qcow2",), '{"kube-on-air": "t/head10"}', 2, "test"),
+        StackDomain("t-work11", 1536, False, ("work11-abc.qcow2",), "", 1, "test"),  # shut off; libvirt's default vcpu
     ]
     assert facts.stack_volumes == (StackVolume("base.qcow2", 900), StackVolume("head10-abc.qcow2", 1802))
 

@@ -285,7 +285,8 @@ def built(config: ClusterConfig, disk: str | None = None, description: str | Non
     cp = config.control_plane
     made = identity.node_identity(config, cp, HOST_KEY)
     disk = identity.disk_volume_name(cp, made.generation) if disk is None else disk
-    return StackDomain(cp.libvirt_name, 2048, True, (disk,), made.description if description is None else description)
+    description = made.description if description is None else description
+    return StackDomain(cp.libvirt_name, cp.memory_mib, True, (disk,), description, cp.vcpu, config.domain_type)
 
 
 def plan(config: ClusterConfig) -> identity.NodeIdentity:
@@ -321,6 +322,46 @@ def test_workers_are_rebuilt_not_refused(ssh_key: Path, config: ClusterConfig) -
     old_worker = dataclasses.replace(built(config), name="t-work11", disk_volumes=("work11-0123456789.qcow2",))
     facts = healthy(stack_domains=(old_worker, built(newer)))
     assert pf.check(newer, facts, plan(newer)) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "change"),
+    [
+        ("controlPlaneVcpu", "4", "2 -> 4"),
+        ("controlPlaneMemoryMiB", "4096", "2048 -> 4096"),
+        ("domainType", "qemu", "kvm -> qemu"),
+    ],
+)
+def test_resizing_the_running_control_plane_is_refused(
+    ssh_key: Path, config: ClusterConfig, key: str, value: str, change: str
+) -> None:
+    # Provider v0.8.1: vcpu, memory and type are ForceNew; a new domain replaces init and the kubeconfig.
+    running = healthy(stack_domains=(built(config),))
+    resized = cluster_config(ssh_key, **{key: value})
+    assert plan(resized).generation == plan(config).generation, "the same disk: only the domain changes"
+    problem = only(pf.check(resized, running, plan(resized)), "control-plane")
+    old = change.split(" -> ")[0]
+    assert_says(
+        problem,
+        [f"resizes the running control plane t-head10 (kube-on-air:{key}: {change})", "every Kubernetes object"],
+        [f"`pulumi config set kube-on-air:{key} {old}`", "`pulumi destroy`, then `pulumi up`"],
+    )
+    assert pf.check(resized, healthy(), plan(resized)) == [], "a first `up` builds whatever size is configured"
+
+
+def test_a_control_plane_of_unknown_size_is_given_the_benefit_of_the_doubt(
+    ssh_key: Path, config: ClusterConfig
+) -> None:
+    unread = dataclasses.replace(built(config), vcpu=None, domain_type="test")  # e.g. libvirt's test driver
+    resized = cluster_config(ssh_key, controlPlaneVcpu="4", domainType="qemu")
+    assert pf.check(resized, healthy(stack_domains=(unread,)), plan(resized)) == []
+
+
+def test_worker_sizes_are_not_refused(ssh_key: Path, config: ClusterConfig) -> None:
+    # A worker's new domain boots on its old disk and is still joined (README: What rebuilds a node).
+    worker = dataclasses.replace(built(config), name="t-work11", disk_volumes=("work11-0123456789.qcow2",), vcpu=1)
+    resized = cluster_config(ssh_key, workerVcpu="2", workerMemoryMiB="4096")
+    assert pf.check(resized, healthy(stack_domains=(built(config), worker)), plan(resized)) == []
 
 
 def test_ssh_key_unreadable(config: ClusterConfig) -> None:

@@ -1,9 +1,11 @@
-"""Joining a worker: every run mints its own short-lived token on the control plane, just in time.
+"""Joining a worker: every run mints its own short-lived token on the control plane, just in time,
+and revokes it again once the join has used it or failed.
 
 The join script runs for real on this host, exactly as the program hands it to pulumi-command,
 with a stand-in `ssh` on PATH that plays both nodes: the control plane answers the mint script with
-a new token each time; the worker answers the "already joined?" probe from its state and keeps what
-the join script receives on stdin. Every ssh argv is recorded, to show the token is never in one.
+a new token each time and deletes the token whose id the revoke script reads on stdin; the worker
+answers the "already joined?" probe from its state and keeps what the join script receives on stdin.
+Every ssh argv is recorded, to show the token is never in one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 import yaml
 
 from tests.harness import Evaluation
+from tests.render import heredocs
 
 CONTROL_PLANE = "kube@172.31.255.10"
 WORKER = "kube@172.31.255.13"
@@ -36,6 +39,13 @@ case "$host:$command" in
     token=$(printf 'mint%02d.%016d' "$count" "$count")
     echo "$token" >> "$STATE/minted"
     printf '%s\n%s\n' "$token" "$CA_HASH" ;;
+  "$CONTROL_PLANE:"*"delete secret \"bootstrap-token-"*)
+    read -r id
+    echo "$id" >> "$STATE/revoked"
+    [ -z "${REVOKE_FAILS:-}" ] || exit 1 ;;
+  "$CONTROL_PLANE:"*"delete node work13 --ignore-not-found"*)
+    [ -z "${CONTROL_PLANE_DOWN:-}" ] || exit 255
+    if [ -e "$STATE/node-work13" ]; then rm "$STATE/node-work13"; echo 'node "work13" deleted'; fi ;;
   "$WORKER:sudo test -f /etc/kubernetes/kubelet.conf")
     [ -z "${WORKER_DOWN:-}" ] || exit 255
     [ -e "$STATE/joined" ] ;;
@@ -57,6 +67,10 @@ class Run:
         path = self.state / "minted"
         return path.read_text().split() if path.exists() else []
 
+    def revoked(self) -> list[str]:
+        path = self.state / "revoked"
+        return path.read_text().split() if path.exists() else []
+
     def join_configs(self) -> list[str]:
         return [p.read_text() for p in sorted(self.state.glob("join-config-*"))]
 
@@ -67,13 +81,25 @@ class Run:
 JoinRunner = Callable[..., Run]
 
 
-@pytest.fixture
-def run_join(tmp_path: Path, air: Evaluation) -> JoinRunner:
+def join_worker_script(air: Evaluation) -> str:
     script = air.named("work13-kubeadm-join").plain("create")
     assert isinstance(script, str)
-    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    return script
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    """What the stand-in nodes hold; a file node-work13 is a Node of that name on the control plane."""
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def run_join(tmp_path: Path, state: Path, air: Evaluation) -> JoinRunner:
+    script = join_worker_script(air)
+    bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    state.mkdir()
     (bin_dir / "ssh").write_text(FAKE_SSH)
     (bin_dir / "ssh").chmod(0o755)
 
@@ -111,7 +137,8 @@ def test_a_join_uses_the_token_minted_for_it_and_never_passes_it_in_argv(run_joi
     assert run.minted() == [bootstrap_token(config)]
     assert yaml.safe_load(config)["nodeRegistration"]["name"] == "work13"
     calls = run.ssh_calls()
-    assert [call[-2] for call in calls] == [WORKER, CONTROL_PLANE, WORKER], "probe, mint, join"
+    hosts = [WORKER, CONTROL_PLANE, CONTROL_PLANE, WORKER, CONTROL_PLANE]
+    assert [call[-2] for call in calls] == hosts, "probe, stale Node, mint, join, revoke"
     assert all("StrictHostKeyChecking=yes" in call and "BatchMode=yes" in call for call in calls)
     token = run.minted()[0]
     assert not any(token in arg for call in calls for arg in call)
@@ -155,3 +182,168 @@ def test_the_placeholders_are_all_replaced(run_join: JoinRunner) -> None:
     run = run_join()
     (config,) = run.join_configs()
     assert not re.search(r"KOA_[A-Z_]+", config), config
+
+
+def token_id(token: str) -> str:
+    return token.split(".")[0]
+
+
+def test_the_token_is_revoked_after_the_join_by_its_id_on_stdin(run_join: JoinRunner) -> None:
+    run = run_join()
+    assert run.done.returncode == 0, run.done.stderr
+    (token,) = run.minted()
+    assert run.revoked() == [token_id(token)]
+    assert "revoked the bootstrap token minted for the join of work13" in run.done.stdout
+    revoke = run.ssh_calls()[-1]
+    assert "--ignore-not-found" in revoke[-1], "revoking twice is fine"
+    assert not any(token_id(token) in arg for arg in revoke), "the id travels on stdin"
+
+
+def test_a_failed_join_revokes_its_token_too(run_join: JoinRunner) -> None:
+    run = run_join(JOIN_FAILS="1")
+    assert run.done.returncode == 1
+    (token,) = run.minted()
+    assert run.revoked() == [token_id(token)]
+
+
+@pytest.mark.parametrize("join_fails", ["", "1"])
+def test_a_failed_revoke_is_reported_and_keeps_the_joins_outcome(run_join: JoinRunner, join_fails: str) -> None:
+    run = run_join(REVOKE_FAILS="1", JOIN_FAILS=join_fails)
+    assert run.done.returncode == (1 if join_fails else 0), run.done.stderr
+    assert "could not revoke the bootstrap token minted for the join of work13: it expires 30m" in run.done.stderr
+
+
+def test_a_token_with_a_malformed_hash_is_revoked(run_join: JoinRunner) -> None:
+    run = run_join(CONTROL_PLANE_SAYS="abcdef.0123456789abcdef\nsha256:nothex")
+    assert run.done.returncode == 1
+    assert run.revoked() == ["abcdef"] and run.join_configs() == []
+
+
+def test_no_token_no_revoke(run_join: JoinRunner) -> None:
+    assert run_join(WORKER_DOWN="1").revoked() == []
+    assert run_join(CONTROL_PLANE_SAYS="Error: unknown flag: --ttl").revoked() == []
+
+
+def test_the_hash_is_computed_before_the_token_is_minted() -> None:
+    # Nothing may fail between minting the token and handing it to the join step, which revokes it.
+    script = (Path(__file__).parent.parent / "templates/scripts/join-credentials.sh.j2").read_text()
+    assert script.index("openssl x509") < script.index("kubeadm token create")
+
+
+def test_a_stale_node_of_the_same_name_is_deleted_before_the_join(run_join: JoinRunner, state: Path) -> None:
+    # A rebuilt worker (new disk, same name): the old machine's Node may still read Ready, and
+    # kubeadm join refuses a name that a Ready Node holds.
+    (state / "node-work13").touch()
+    run = run_join()
+    assert run.done.returncode == 0, run.done.stderr
+    assert not (run.state / "node-work13").exists()
+    commands = [call[-1] for call in run.ssh_calls()]
+    assert "delete node work13" in commands[1] and "kubeadm token create" in commands[2]
+
+
+def test_a_joined_worker_keeps_its_node(run_join: JoinRunner, state: Path) -> None:
+    assert run_join().done.returncode == 0
+    (state / "node-work13").touch()
+    again = run_join()
+    assert again.done.stdout == "work13 already joined\n"
+    assert (again.state / "node-work13").exists()
+
+
+def test_an_unreachable_control_plane_stops_the_join_before_a_token_is_minted(run_join: JoinRunner) -> None:
+    run = run_join(CONTROL_PLANE_DOWN="1")
+    assert run.done.returncode != 0
+    assert run.minted() == [] and run.join_configs() == []
+
+
+# The worker side, kubeadm-join.sh, run for real: a stand-in sudo moves /etc/kubernetes and
+# /var/lib/kube-on-air under $ROOT; a stand-in kubeadm does what the script relies on: join's preflight
+# refuses leftovers (cmd/kubeadm/app/preflight RunJoinNodeChecks: FileAvailable for pki/ca.crt,
+# kubelet.conf, bootstrap-kubelet.conf; Port-10250), its kubelet-start phase writes
+# bootstrap-kubelet.conf and pki/ca.crt and starts the kubelet before it checks for a Ready Node of the
+# same name, and reset removes all of it.
+FAKE_SUDO = r"""#!/bin/bash
+args=()
+for arg in "$@"; do
+  arg=${arg//\/etc\/kubernetes/$ROOT/etc/kubernetes}
+  args+=("${arg//\/var\/lib\/kube-on-air/$ROOT/var/lib/kube-on-air}")
+done
+exec "${args[@]}"
+"""
+
+FAKE_KUBEADM = r"""#!/bin/bash
+set -euo pipefail
+k=$ROOT/etc/kubernetes
+echo "$1" >> "$ROOT/kubeadm-calls"
+case "$1" in
+  reset) rm -rf "$k/kubelet.conf" "$k/bootstrap-kubelet.conf" "$k/pki" "$ROOT/kubelet-running" ;;
+  join)
+    for leftover in "$k/pki/ca.crt" "$k/kubelet.conf" "$k/bootstrap-kubelet.conf"; do
+      [ ! -e "$leftover" ] || { echo "[ERROR FileAvailable]: $leftover already exists" >&2; exit 1; }
+    done
+    [ ! -e "$ROOT/kubelet-running" ] || { echo "[ERROR Port-10250]: Port 10250 is in use" >&2; exit 1; }
+    mkdir -p "$k/pki"
+    touch "$k/bootstrap-kubelet.conf" "$k/pki/ca.crt" "$ROOT/kubelet-running"
+    if [ -n "${READY_NODE_EXISTS:-}" ]; then
+      echo 'a Node with name "work13" and status "Ready" already exists in the cluster' >&2
+      exit 1
+    fi
+    touch "$k/kubelet.conf"
+    rm "$k/bootstrap-kubelet.conf" ;;
+  *) exit 2 ;;
+esac
+"""
+
+
+@dataclass
+class Worker:
+    """A stand-in worker's file system, and kubeadm-join.sh as the join step sends it there."""
+
+    root: Path
+    bin_dir: Path
+    script: str
+
+    def join(self, **env: str) -> subprocess.CompletedProcess[str]:
+        environment = {**os.environ, "PATH": f"{self.bin_dir}:{os.environ['PATH']}", "ROOT": str(self.root), **env}
+        return subprocess.run(
+            ["/bin/bash", "-c", self.script],
+            input="kind: JoinConfiguration\n",
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=30,
+            check=False,
+        )
+
+    def has(self, path: str) -> bool:
+        return (self.root / path.lstrip("/")).exists()
+
+    def kubeadm_calls(self) -> list[str]:
+        return (self.root / "kubeadm-calls").read_text().split()
+
+
+@pytest.fixture
+def worker(tmp_path: Path, air: Evaluation) -> Worker:
+    bin_dir, root = tmp_path / "bin", tmp_path / "root"
+    bin_dir.mkdir()
+    (root / "etc/kubernetes").mkdir(parents=True)
+    for name, text in (("sudo", FAKE_SUDO), ("kubeadm", FAKE_KUBEADM)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return Worker(root, bin_dir, heredocs(join_worker_script(air))["ON_WORKER"])
+
+
+def test_a_join_that_stopped_half_way_is_reset_and_retried(worker: Worker) -> None:
+    failed = worker.join(READY_NODE_EXISTS="1")
+    assert failed.returncode == 1
+    assert worker.has("/etc/kubernetes/pki/ca.crt") and not worker.has("/etc/kubernetes/kubelet.conf")
+    again = worker.join()
+    assert again.returncode == 0, again.stderr
+    assert "an earlier join of work13 stopped half-way" in again.stderr
+    assert worker.kubeadm_calls() == ["join", "reset", "join"]
+    assert worker.has("/etc/kubernetes/kubelet.conf") and not worker.has("/var/lib/kube-on-air/join-config.yaml")
+
+
+def test_a_fresh_worker_joins_without_a_reset(worker: Worker) -> None:
+    assert worker.join().returncode == 0
+    assert worker.join().stdout == "work13 already joined\n"
+    assert worker.kubeadm_calls() == ["join"]
