@@ -147,6 +147,6 @@ test-toolchain: dev-deps ## the built kubeadm validates every rendered config; p
 	$(PY) -m pytest -q -m toolchain tests/toolchain
 
 e2e: dev-deps ## a real `pulumi up` of the e2e stack, then its lifecycle (root; toolchain, plugins, IMAGE_DIR; ~1 h under emulation)
-	@$(PY) -m tools.offline status || { echo "make e2e: build and register what is missing first (README: End-to-end)" >&2; exit 1; }
+	@$(PY) -m tools.offline status e2e --image-dir $(IMAGE_DIR) || { echo "make e2e: build and register what is missing first (README: End-to-end)" >&2; exit 1; }
 	$(MAKE) --no-print-directory image STACK=e2e
 	$(PY) -m pytest -q -m e2e -p no:cacheprovider tests/e2e

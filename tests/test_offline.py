@@ -92,3 +92,21 @@ def test_the_images_a_stack_runs_follow_its_cni_and_workloads() -> None:
     assert "gcr.io/kuar-demo/kuard-amd64:1" in images
     assert "localhost/kube-on-air/dnstools:bookworm-1" in images
     assert all(not ref.endswith(":latest") for ref in images)
+
+
+def test_status_counts_an_image_only_once_an_archive_carries_it(tmp_path: Path, home: Path) -> None:
+    """make e2e runs only when every image the stack runs is in the toolchain or IMAGE_DIR."""
+    import io
+    import json
+    import tarfile
+
+    images = tmp_path / "images"
+    images.mkdir()
+    assert "docker.io/cloudnativelabs/kube-router:v2.11.1" in offline.missing_images(home, "e2e", images)
+    manifest = json.dumps([{"Config": "c.json", "RepoTags": ["docker.io/cloudnativelabs/kube-router:v2.11.1"]}])
+    with tarfile.open(images / "kube-router.tar", "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest.encode()))
+    assert "docker.io/cloudnativelabs/kube-router:v2.11.1" not in offline.missing_images(home, "e2e", images)
+    assert "gcr.io/kuar-demo/kuard-amd64:1" in offline.missing_images(home, "e2e", images)

@@ -9,7 +9,7 @@ downloads a plugin.
 
     python -m tools.offline plugins DIR     check and register the plugins in DIR
     python -m tools.offline images STACK    the image references STACK's nodes need, one a line
-    python -m tools.offline status          what is missing for `make e2e`, one line, exit 1 if anything
+    python -m tools.offline status [STACK]  what a real `up` of STACK lacks, one line, exit 1 if anything
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +148,24 @@ def registered_problems(home: Path) -> list[str]:
     return lacking
 
 
+def archive_refs(archive: Path) -> list[str]:
+    """The references a docker-archive carries (its manifest.json's RepoTags)."""
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("manifest.json")
+        manifest = json.load(member) if member else []
+    return [str(tag) for entry in manifest for tag in entry.get("RepoTags") or []]
+
+
+def missing_images(home: Path, stack: str, image_dir: Path) -> list[str]:
+    """Images STACK runs that neither the toolchain's archives nor IMAGE_DIR's carry."""
+    listed = home / "pieces" / "images" / "images.txt"
+    lines = listed.read_text().splitlines() if listed.exists() else []
+    offered = {line.split()[0] for line in lines if line.strip()}
+    for archive in sorted(image_dir.glob("*.tar")) if image_dir.is_dir() else []:
+        offered.update(archive_refs(archive))
+    return [ref for ref in stack_images(stack) if ref not in offered]
+
+
 def stack_images(stack: str) -> list[str]:
     """Every image the workloads and CNI of STACK run, as the manifests name them (kubeadm's are its own)."""
     from components import cni, config, workloads
@@ -168,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     plugins.add_argument("directory", type=Path, nargs="?", default=DEFAULT_PLUGIN_DIR)
     images = sub.add_parser("images", help="the image references STACK needs")
     images.add_argument("stack")
-    sub.add_parser("status", help="what is missing for a real pulumi up")
+    status = sub.add_parser("status", help="what is missing for a real pulumi up of STACK")
+    status.add_argument("stack", nargs="?", default="e2e")
+    status.add_argument("--image-dir", type=Path, default=DEFAULT_IMAGE_DIR)
     args = parser.parse_args(argv)
     home = (toolchain.CACHE / "current").resolve()
     if args.command == "images":
@@ -176,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         lacking = registered_problems(home)
+        absent = missing_images(home, args.stack, args.image_dir)
+        lacking += [f"image {ref} (IMAGE_DIR {args.image_dir})" for ref in absent]
         if lacking:
             print(f"missing for a real pulumi up: {'; '.join(lacking)}")
             return 1
