@@ -73,6 +73,10 @@ def leftovers() -> dict[str, Any]:
     }
 
 
+def pool_volumes() -> list[str]:
+    return [line.split()[0] for line in lh.virsh("vol-list", POOL).splitlines() if line.split()]
+
+
 def wipe_leftovers() -> None:
     """A run killed earlier may leave the stack behind: start from nothing, as a new user does."""
     for domain in stack_domains():
@@ -81,9 +85,8 @@ def wipe_leftovers() -> None:
     subprocess.run(["virsh", "net-destroy", NETWORK], capture_output=True, check=False)
     subprocess.run(["virsh", "net-undefine", NETWORK], capture_output=True, check=False)
     if POOL in lh.virsh("pool-list", "--all", "--name").split():
-        for volume in lh.virsh("vol-list", POOL, "--details").splitlines()[2:]:
-            if volume.split():
-                subprocess.run(["virsh", "vol-delete", volume.split()[0], "--pool", POOL], capture_output=True)
+        for volume in pool_volumes():
+            subprocess.run(["virsh", "vol-delete", volume, "--pool", POOL], capture_output=True, check=False)
         subprocess.run(["virsh", "pool-destroy", POOL], capture_output=True, check=False)
         subprocess.run(["virsh", "pool-undefine", POOL], capture_output=True, check=False)
     subprocess.run(["rm", "-rf", str(POOL_PATH)], check=False)

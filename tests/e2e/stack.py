@@ -103,7 +103,8 @@ class E2EStack:
         number = len(self.records) + 1
         log = self.logs / f"{number:02d}-{name}.log"
         events = self.logs / f"{number:02d}-{name}.events.jsonl"
-        full = [str(self.home / "bin" / "pulumi"), *args, "--stack", STACK, "--non-interactive"]
+        stack = [] if args[:2] == ["stack", "init"] else ["--stack", STACK]
+        full = [str(self.home / "bin" / "pulumi"), *args, *stack, "--non-interactive"]
         if args[0] in ("up", "preview", "destroy", "refresh"):
             full += ["--event-log", str(events)]
         handle = log.open("w")

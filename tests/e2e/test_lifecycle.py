@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import POOL, REPORT, leftovers
+from tests.e2e.conftest import POOL, REPORT, leftovers, pool_volumes
 from tests.e2e.stack import E2EStack, changes, step_times
 from tests.vm import libvirt_host as lh
 
@@ -66,7 +66,8 @@ def wait_for(what: str, check: Callable[[], str | None], timeout: float = SETTLE
 
 def ssh(e2e: E2EStack, node: str, command: str, timeout: float = 120) -> str:
     """Run `command` on `node` through the stack's own `sshCommands` output (pinned host keys)."""
-    argv = [*shlex.split(e2e.output("sshCommands")[node]), "-o", "BatchMode=yes", command]
+    *options, destination = shlex.split(e2e.output("sshCommands")[node])
+    argv = [*options, "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", destination, command]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     assert done.returncode == 0, f"ssh {node} {command!r}: exit {done.returncode}: {done.stderr.strip()}"
     return done.stdout
@@ -266,28 +267,44 @@ def test_destroy_with_keep_base_image_keeps_only_the_base(e2e: E2EStack) -> None
     left = leftovers()
     assert left["domains"] == [] and left["networks"] == [], left
     assert left["pools"] == [POOL], left
-    volumes = [line.split()[0] for line in lh.virsh("vol-list", POOL).splitlines()[2:] if line.split()]
-    assert volumes == ["base.qcow2"], volumes
+    assert pool_volumes() == ["base.qcow2"]
 
 
-def init_running_for(seconds: float) -> Callable[[Path], bool]:
-    """True once the control plane's kubeadm init step has been running `seconds` (engine event log)."""
+def init_running_for(e2e: E2EStack, seconds: float) -> Callable[[Path], bool]:
+    """True once the control plane's kubeadm init step has run `seconds` (engine event log, not the
+    preview's planning events) and kubeadm is running on the node, as seen over SSH."""
 
     def check(events: Path) -> bool:
         if not events.exists():
             return False
         for line in events.read_text().splitlines():
-            if "control-plane-init" in line and "resourcePreEvent" in line:
-                started = json.loads(line)["timestamp"]
-                return time.time() - float(started) >= seconds
+            if "control-plane-init" not in line or "resourcePreEvent" not in line:
+                continue
+            event = json.loads(line)
+            if event["resourcePreEvent"].get("planning"):
+                continue
+            if time.time() - float(event["timestamp"]) < seconds:
+                return False
+            REPORT["kubeadm_at_kill"] = kubeadm_processes(e2e)
+            return bool(REPORT["kubeadm_at_kill"])
         return False
 
     return check
 
 
+def kubeadm_processes(e2e: E2EStack) -> str:
+    """`pgrep -a kubeadm` on the control plane, through the pinned host keys (no stack outputs yet)."""
+    known_hosts = e2e.host_key_dir / "known_hosts"
+    argv = ["ssh", "-i", str(e2e.ssh_key), "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+    argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "kube@172.31.250.10", "pgrep -a kubeadm || true"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    return done.stdout.strip()
+
+
 def test_an_up_killed_during_kubeadm_init_converges_on_the_next_up(e2e: E2EStack) -> None:
-    killed = e2e.pulumi_killed_when("up-killed-in-init", ["up", "--yes"], init_running_for(45), timeout=3600)
+    killed = e2e.pulumi_killed_when("up-killed-in-init", ["up", "--yes"], init_running_for(e2e, 45), timeout=3600)
     assert killed.returncode is None, "the run ended before kubeadm init had run 45 s"
+    assert "kubeadm init" in REPORT["kubeadm_at_kill"], REPORT["kubeadm_at_kill"]
     again = e2e.pulumi("up-after-kill", "up", "--yes")
     assert again.returncode == 0
     # keepBaseImage: the pool and base image the destroy kept were taken over, not created again.
