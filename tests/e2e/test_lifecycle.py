@@ -241,6 +241,9 @@ def test_scale_down_drains_and_deletes_the_node_before_its_vm(e2e: E2EStack) -> 
     names = [n["metadata"]["name"] for n in e2e.kubectl_json("get", "nodes")["items"]]
     assert "work12" not in names, names
     assert "e2e-work12" not in lh.virsh("list", "--all", "--name").split()
+    # Issue 15 item 3: the network holds no DHCP host entry of the removed worker, as after a fresh up.
+    network = lh.virsh("net-dumpxml", "koa-e2e")
+    assert "172.31.250.12" not in network and "172.31.250.11" in network, network
     spans = step_times(record)
     leave = [end for (urn, op), (_, end) in spans.items() if op == "delete" and urn.endswith("work12-kubeadm-leave")]
     domain = [start for (urn, op), (start, _) in spans.items() if op == "delete" and urn.endswith("work12-vm")]

@@ -26,6 +26,8 @@ CONFIGS: dict[str, tuple[str, dict[str, str]]] = {
     "air": ("air", {}),
     "workers5": ("air", {"workerCount": "5"}),
     "solo": ("air", {"workerCount": "0"}),
+    # The slow-host set: kubeadm timeouts, patches, etcd arguments and the kubelet deadline.
+    "e2e": ("e2e", {}),
 }
 
 
