@@ -8,8 +8,6 @@ target checks all of it first. A step that cannot run is skipped with the reason
 from __future__ import annotations
 
 import json
-import os
-import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,6 @@ from tests.vm import libvirt_host as lh
 from tools import offline
 
 IMAGE = REPO / "build" / "node-image.qcow2"
-DEV_KVM = Path("/dev/kvm")
 PREFIX = "e2e-"
 NETWORK = f"koa-{STACK}"
 POOL = f"koa-{STACK}"
@@ -103,22 +100,9 @@ def libvirtd() -> Iterator[lh.LibvirtHost]:
 
 @pytest.fixture(scope="session")
 def kvm_for_qemu() -> Iterator[None]:
-    """/dev/kvm given to group kvm, 0660, as udev does, for the run; put back afterwards.
-
-    Without udev the device stays root-only and libvirt stalls every domain create (the preflight
-    says so); the e2e fixes it the way the preflight's advice does, not around it."""
-    if not DEV_KVM.exists():
+    with lh.kvm_device_for_qemu() as changed:
+        REPORT["dev_kvm"] = changed
         yield
-        return
-    before = DEV_KVM.stat()
-    subprocess.run(["chgrp", "kvm", str(DEV_KVM)], check=True)
-    DEV_KVM.chmod(0o660)
-    REPORT["dev_kvm"] = f"{stat.filemode(before.st_mode)} gid {before.st_gid} -> group kvm 0660 for the run"
-    try:
-        yield
-    finally:
-        os.chown(DEV_KVM, before.st_uid, before.st_gid)
-        DEV_KVM.chmod(stat.S_IMODE(before.st_mode))
 
 
 @pytest.fixture(scope="session")

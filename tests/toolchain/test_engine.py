@@ -28,7 +28,7 @@ def libvirtd() -> Iterator[None]:
     missing = lh.missing_tools()
     if missing:
         pytest.fail(f"the engine test needs libvirt: apt-get install {lh.APT_PACKAGES}")
-    with lh.LibvirtHost():
+    with lh.LibvirtHost(), lh.kvm_device_for_qemu():
         yield
 
 

@@ -80,7 +80,7 @@ def test_kubeadm_accepts_every_rendered_config(
     kubeadm: Path, rendered_kubeadm: dict[str, list[Path]], name: str
 ) -> None:
     configs = rendered_kubeadm[name]
-    workers = {"air": 3, "workers5": 5, "solo": 0}[name]
+    workers = {"air": 3, "workers5": 5, "solo": 0, "e2e": 1}[name]
     assert len(configs) == 1 + workers  # one init config and one join config per worker
     for config in configs:
         done = kubeadm_validate(kubeadm, config)

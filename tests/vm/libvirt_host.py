@@ -7,17 +7,19 @@ it started included, and keeps going past individual failures.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -484,3 +486,26 @@ def make_seed_iso(source_dir: Path, dest: Path) -> Path:
         timeout=60,
     )  # fmt: skip
     return dest
+
+
+DEV_KVM = Path("/dev/kvm")
+
+
+@contextlib.contextmanager
+def kvm_device_for_qemu() -> Iterator[str]:
+    """/dev/kvm given to group kvm, 0660, as udev does, for as long as the block runs; then put back.
+
+    Without udev the kernel's root-only device makes libvirt probe QEMU again on every call (each
+    domain create stalls for minutes) and the preflight refuses it; this fixes it the way the
+    preflight's advice says. Yields what was changed, for reports."""
+    if not DEV_KVM.exists():
+        yield "no /dev/kvm"
+        return
+    before = DEV_KVM.stat()
+    subprocess.run(["chgrp", "kvm", str(DEV_KVM)], check=True)
+    DEV_KVM.chmod(0o660)
+    try:
+        yield f"{stat.filemode(before.st_mode)} gid {before.st_gid} -> group kvm 0660 for the run"
+    finally:
+        os.chown(DEV_KVM, before.st_uid, before.st_gid)
+        DEV_KVM.chmod(stat.S_IMODE(before.st_mode))
