@@ -103,7 +103,8 @@ if [[ -n $toolchain ]]; then
     [[ -f $toolchain/pieces/images/images.txt ]] || die "the toolchain at $toolchain has no images: run make toolchain"
     # Node tools the upstream .debs would pull in, and the CNI plugins, from Debian.
     PACKAGES+=(conntrack iptables ethtool socat ebtables containernetworking-plugins)
-    variant="$variant source=toolchain:$(sha256sum "$toolchain/manifest.json" "$repo_root/templates/image/"* | sha256sum | cut -c1-16)"
+    # Contents only, not paths: every checkout of this repository shares the cached image.
+    variant="$variant source=toolchain:$(cat "$toolchain/manifest.json" "$repo_root/templates/image/"* | sha256sum | cut -c1-16)"
     image_dir=${KOA_IMAGE_DIR:-}
     extra_archives=()
     if [[ -n $image_dir && -d $image_dir ]]; then
