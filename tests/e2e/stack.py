@@ -76,6 +76,8 @@ class E2EStack:
             "PULUMI_SKIP_UPDATE_CHECK": "true",
             "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
             "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
+            # Unhides --event-log: the engine's own step timings, read by the report and the asserts.
+            "PULUMI_DEBUG_COMMANDS": "true",
         }
 
     def prepare(self, image: Path) -> None:
