@@ -168,6 +168,7 @@ def kubeadm_config(config: ClusterConfig) -> str:
         timeouts=config.tolerances.kubeadm_timeouts,
         patches_directory=PATCHES_DIRECTORY if static_pod_patches(config) else "",
         etcd_args=_etcd_args(config),
+        leader_election=config.tolerances.leader_election,
         runtime_request_timeout=config.tolerances.kubelet_runtime_request_timeout,
         advertise_address=cp.ip,
         node_name=cp.name,
@@ -208,6 +209,7 @@ def api_steady_script(config: ClusterConfig) -> str:
         checks=patience.api_steady_checks,
         interval_seconds=patience.api_steady_interval_seconds,
         timeout_seconds=patience.api_steady_timeout_seconds,
+        openapi_within_seconds=patience.openapi_within_seconds,
     )
 
 

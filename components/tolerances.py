@@ -30,6 +30,9 @@ class Tolerances:
     # single-member etcd from failing the API server's requests. None keeps etcd's defaults.
     etcd_heartbeat_ms: int | None
     etcd_election_ms: int | None
+    # kube-controller-manager's and kube-scheduler's leader lease (upstream 15 s / renew 10 s / retry
+    # 2 s): a renewal that misses its deadline makes them exit, which a busy API server causes.
+    leader_election: dict[str, str]
     # The kubelet's deadline for a runtime call such as CreateContainer (upstream 2m).
     kubelet_runtime_request_timeout: str
     # Liveness and startup failure thresholds of the control-plane static pods (kubeadm: 8 and 24,
@@ -43,6 +46,9 @@ class Tolerances:
     api_steady_checks: int
     api_steady_interval_seconds: int
     api_steady_timeout_seconds: int
+    # The gate also fetches the OpenAPI document the Kubernetes provider loads first, until it comes
+    # within this many seconds (the provider gives up after 32 s and fails every resource).
+    openapi_within_seconds: int
 
 
 # Upstream's own values (kubeadm, kubelet, etcd, pulumi-kubernetes), except the API gate, which costs
@@ -51,6 +57,7 @@ HARDWARE = Tolerances(
     kubeadm_timeouts={},
     etcd_heartbeat_ms=None,
     etcd_election_ms=None,
+    leader_election={},
     kubelet_runtime_request_timeout="2m0s",
     control_plane_liveness_failures=None,
     control_plane_startup_failures=None,
@@ -59,6 +66,7 @@ HARDWARE = Tolerances(
     api_steady_checks=3,
     api_steady_interval_seconds=2,
     api_steady_timeout_seconds=300,
+    openapi_within_seconds=20,
 )
 
 EMULATED = Tolerances(
@@ -72,6 +80,11 @@ EMULATED = Tolerances(
     },
     etcd_heartbeat_ms=500,
     etcd_election_ms=5000,
+    leader_election={
+        "leader-elect-lease-duration": "60s",
+        "leader-elect-renew-deadline": "40s",
+        "leader-elect-retry-period": "5s",
+    },
     kubelet_runtime_request_timeout="10m0s",
     control_plane_liveness_failures=30,
     control_plane_startup_failures=90,
@@ -80,6 +93,7 @@ EMULATED = Tolerances(
     api_steady_checks=10,
     api_steady_interval_seconds=3,
     api_steady_timeout_seconds=1200,
+    openapi_within_seconds=20,
 )
 
 SLOW_HOST_CHOICES = ("auto", "true", "false")

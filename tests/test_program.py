@@ -414,6 +414,9 @@ def test_a_slow_host_gets_patient_timeouts_and_a_real_host_upstreams(ssh_key: Pa
     assert docs["InitConfiguration"]["patches"] == {"directory": "/var/lib/kube-on-air/patches"}
     etcd_args = {a["name"]: a["value"] for a in docs["ClusterConfiguration"]["etcd"]["local"]["extraArgs"]}
     assert etcd_args == {"heartbeat-interval": "500", "election-timeout": "5000"}
+    for component in ("controllerManager", "scheduler"):
+        lease = {a["name"]: a["value"] for a in docs["ClusterConfiguration"][component]["extraArgs"]}
+        assert lease["leader-elect-renew-deadline"] == "40s", component
     assert docs["KubeletConfiguration"]["runtimeRequestTimeout"] == "10m0s"
     init_script = slow.named("kube-on-air-control-plane-init").plain("create")
     assert "kube-apiserver+strategic.yaml" in init_script and "failureThreshold: 30" in init_script
@@ -423,6 +426,7 @@ def test_a_slow_host_gets_patient_timeouts_and_a_real_host_upstreams(ssh_key: Pa
         docs = _init_documents(upstream)
         assert "timeouts" not in docs["InitConfiguration"] and "patches" not in docs["InitConfiguration"]
         assert "etcd" not in docs["ClusterConfiguration"]
+        assert "controllerManager" not in docs["ClusterConfiguration"]
         assert docs["KubeletConfiguration"]["runtimeRequestTimeout"] == "2m0s"
         assert "strategic.yaml" not in upstream.named("kube-on-air-control-plane-init").plain("create")
         assert _kube_router_liveness(upstream)["failureThreshold"] == 3
@@ -433,6 +437,8 @@ def test_the_kubernetes_provider_waits_for_a_steady_api_server(air: Evaluation) 
     provider = air.named("kube-on-air-k8s")
     assert "kube-on-air-api-steady" in transitive(air, "kube-on-air-k8s")
     gate = air.named("kube-on-air-api-steady")
+    # The provider loads /openapi/v2 first, with a 32 s timeout: the gate has it built and fast.
+    assert "get --raw /openapi/v2" in gate.plain("create") and "--request-timeout=20s" in gate.plain("create")
     joins = {r.urn for r in air.resources if r.name.endswith("-kubeadm-join")}
     assert joins and joins <= set(gate.dependencies)
     assert gate.urn in provider.dependencies
