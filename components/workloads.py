@@ -36,6 +36,7 @@ from pulumi_kubernetes.core.v1 import (
 from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
 
 from components.config import ClusterConfig
+from components.tolerances import Tolerances
 
 NAMESPACE = "kube-on-air"
 KUARD_IMAGE = "gcr.io/kuar-demo/kuard-amd64:1"
@@ -141,7 +142,9 @@ class Workloads(pulumi.ComponentResource):
             self.dnstools = _dnstools(name, per_node, child)
         if "connectivity-check" in config.workloads:
             gate = pulumi.ResourceOptions.merge(child, _gate_timeouts(config.connectivity_timeout_seconds))
-            self.echo, self.echo_service, self.probe = _connectivity_check(name, per_node, every_node, child, gate)
+            self.echo, self.echo_service, self.probe = _connectivity_check(
+                name, per_node, every_node, config.tolerances, child, gate
+            )
         self.register_outputs({"namespace": NAMESPACE, "workloads": list(config.workloads)})
 
 
@@ -205,7 +208,12 @@ def _dnstools(name: str, replicas: int, opts: pulumi.ResourceOptions) -> Deploym
 
 
 def _connectivity_check(
-    name: str, echo_replicas: int, probe_replicas: int, opts: pulumi.ResourceOptions, gate: pulumi.ResourceOptions
+    name: str,
+    echo_replicas: int,
+    probe_replicas: int,
+    patience: Tolerances,
+    opts: pulumi.ResourceOptions,
+    gate: pulumi.ResourceOptions,
 ) -> tuple[Deployment, Service, Deployment]:
     """echo behind a Service, and a probe Ready only while it reaches echo through it.
 
@@ -244,9 +252,11 @@ def _connectivity_check(
                 image=AGNHOST_IMAGE,
                 args=["pause"],
                 readiness_probe=ProbeArgs(
-                    exec_=ExecActionArgs(command=["/agnhost", "connect", target, "--timeout=3s"]),
-                    period_seconds=5,
-                    timeout_seconds=5,
+                    exec_=ExecActionArgs(
+                        command=["/agnhost", "connect", target, f"--timeout={patience.connect_timeout}"]
+                    ),
+                    period_seconds=patience.connectivity_probe.period_seconds,
+                    timeout_seconds=patience.connectivity_probe.timeout_seconds,
                 ),
             )
         ],

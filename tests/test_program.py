@@ -421,6 +421,12 @@ def test_a_slow_host_gets_patient_timeouts_and_a_real_host_upstreams(ssh_key: Pa
     init_script = slow.named("kube-on-air-control-plane-init").plain("create")
     assert "kube-apiserver+strategic.yaml" in init_script and "failureThreshold: 30" in init_script
     assert _kube_router_liveness(slow)["failureThreshold"] == 12
+    # Measured: the probe's exec of agnhost connect took over 5 s on the busy emulated control plane.
+    probe = slow.named("kube-on-air-workloads-probe").plain("spec")["template"]["spec"]["containers"][0]
+    assert (
+        probe["readinessProbe"]["timeoutSeconds"] == 45
+        and "--timeout=20s" in probe["readinessProbe"]["exec"]["command"]
+    )
     assert slow.named("kube-on-air-cni-ds").custom_timeouts == {"create": "1800s", "update": "1800s"}
     for upstream in (air, forced_off):
         docs = _init_documents(upstream)
