@@ -13,9 +13,11 @@ HOST = '#!/bin/sh\n[ "$1" = -version ] && echo {version}\n'
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    """A toolchain with a CLI (never run here: schema versions are stubbed)."""
+    """A toolchain with a CLI linked into bin/ as make toolchain does (never run: schema versions are stubbed)."""
     (tmp_path / "home" / "bin").mkdir(parents=True)
-    (tmp_path / "home" / "bin" / "pulumi").write_text("")
+    (tmp_path / "home" / "pieces" / "pulumi").mkdir(parents=True)
+    (tmp_path / "home" / "pieces" / "pulumi" / "pulumi").write_text("")
+    (tmp_path / "home" / "bin" / "pulumi").symlink_to(tmp_path / "home" / "pieces" / "pulumi" / "pulumi")
     return tmp_path / "home"
 
 
@@ -58,7 +60,10 @@ def test_a_right_directory_registers_every_plugin_and_places_the_language_host(
     monkeypatch.setattr(offline, "schema_version", lambda h, binary: versions[binary.name])
     assert offline.register_plugins(home, plugin_dir(tmp_path, ALL)) == []
     assert sorted(registered) == sorted((p.name, p.version, p.binary) for p in offline.offline_plugins())
-    assert (home / "bin" / offline.LANGUAGE_HOST).exists() and (home / "bin" / offline.LANGUAGE_HOST_EXEC).exists()
+    # Beside the real CLI, where the engine looks for a bundled language host; not on PATH (bin/).
+    beside = home / "pieces" / "pulumi"
+    assert (beside / offline.LANGUAGE_HOST).exists() and (beside / offline.LANGUAGE_HOST_EXEC).exists()
+    assert not (home / "bin" / offline.LANGUAGE_HOST).exists()
 
 
 def test_missing_and_wrong_pieces_are_named_with_how_a_connected_host_gets_them(

@@ -128,9 +128,16 @@ def register_plugins(home: Path, directory: Path) -> list[str]:
         problems.append(problem)
     else:
         for name in (LANGUAGE_HOST, LANGUAGE_HOST_EXEC):
-            # Beside the CLI, on make's PATH: where the engine and the host look for each other.
-            shutil.copy2(directory / name, home / "bin" / name)
+            shutil.copy2(directory / name, cli_directory(home) / name)
+            # A copy on PATH makes the engine warn "using pulumi-language-python from $PATH".
+            (home / "bin" / name).unlink(missing_ok=True)
     return problems
+
+
+def cli_directory(home: Path) -> Path:
+    """Where the CLI really is (bin/pulumi is a link): the engine takes the Python language host,
+    which Pulumi bundles, from beside it, and the host takes its -exec shim from beside itself."""
+    return (home / "bin" / "pulumi").resolve().parent
 
 
 def registered_problems(home: Path) -> list[str]:
@@ -144,7 +151,7 @@ def registered_problems(home: Path) -> list[str]:
         if not toolchain.plugin_registered(home, p.name, p.version)
     ]
     hosts = (LANGUAGE_HOST, LANGUAGE_HOST_EXEC)
-    lacking += [f"{name} (make plugins)" for name in hosts if not (home / "bin" / name).exists()]
+    lacking += [f"{name} (make plugins)" for name in hosts if not (cli_directory(home) / name).exists()]
     return lacking
 
 

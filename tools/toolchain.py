@@ -495,13 +495,14 @@ def register_kubernetes_plugin(home: Path) -> None:
 def link_bin(home: Path) -> None:
     """bin/: every built executable under one directory, and `current` pointing at this key.
 
-    Provider plugins stay out: registered in PULUMI_HOME, a copy on PATH would make the engine warn
-    "using pulumi-resource-kubernetes from $PATH" on every run."""
+    Plugins stay out: provider plugins are registered in PULUMI_HOME and the language host sits
+    beside the CLI (tools/offline.py); a copy on PATH makes the engine warn "using
+    pulumi-resource-kubernetes from $PATH" on every run."""
     bin_dir = home / "bin"
     bin_dir.mkdir(exist_ok=True)
     for exe in sorted((home / "pieces").glob("*/*")):
         link = bin_dir / exe.name
-        if exe.name.startswith("pulumi-resource-"):
+        if exe.name.startswith(("pulumi-resource-", "pulumi-language-")):
             link.unlink(missing_ok=True)
         elif exe.is_file() and os.access(exe, os.X_OK) and not link.exists():
             link.symlink_to(exe)
