@@ -75,7 +75,9 @@ class Node(pulumi.ComponentResource):
                     network_id=args.network_id,
                     hostname=spec.name,
                     addresses=[spec.ip],
-                    mac=spec.mac,
+                    # The provider reads MACs back upper-case (v0.8.1 resourceLibvirtDomainRead:
+                    # strings.ToUpper); a lower-case input was an update on every `up`.
+                    mac=spec.mac.upper(),
                     # Fresh cloud images run no guest agent and may never ask DHCP: wait over SSH instead.
                     wait_for_lease=False,
                 )

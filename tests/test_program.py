@@ -484,3 +484,10 @@ def test_a_kept_pool_and_base_image_are_taken_over_not_created_again(
     for evaluation in (running, fresh):
         assert evaluation.named("kube-on-air-images-pool").import_id == ""
         assert evaluation.named("kube-on-air-images-base").ignore_changes == []
+
+
+def test_domain_macs_are_given_as_the_provider_reads_them_back(air: Evaluation) -> None:
+    """The real second `up` showed `~ networkInterfaces` on every domain: v0.8.1 reads MACs upper-case."""
+    for domain in air.of_type("libvirt:index/domain:Domain"):
+        mac = domain.plain("networkInterfaces")[0]["mac"]
+        assert mac == mac.upper() and re.fullmatch(r"52:54:00(:[0-9A-F]{2}){3}", mac), mac

@@ -4,6 +4,9 @@ Proof level 1: the toolchain's engine, the real libvirt, command and kubernetes 
 Python language host, libvirtd and QEMU, real VMs from the offline node image; every assertion asks
 the live cluster (through the stack's own kubeconfig output) or libvirt. The steps build on each
 other in the order written: when one fails, the ones after it are skipped with that reason.
+`make e2e` runs the core (first up, the cluster's checks, a second up and preview without changes,
+destroy leaving nothing); `make e2e-lifecycle` adds the steps marked `lifecycle` (scaling, a VM
+deleted by hand, keepBaseImage across destroy, an up killed during kubeadm init).
 """
 
 from __future__ import annotations
@@ -228,6 +231,7 @@ def test_a_second_up_changes_nothing(e2e: E2EStack) -> None:
     e2e.pulumi("preview-expect-no-changes", "preview", "--expect-no-changes")
 
 
+@pytest.mark.lifecycle
 def test_scale_up_joins_a_ready_worker(e2e: E2EStack) -> None:
     e2e.set_config("workerCount", "2")
     record = e2e.pulumi("up-scale-1-to-2", "up", "--yes")
@@ -235,6 +239,7 @@ def test_scale_up_joins_a_ready_worker(e2e: E2EStack) -> None:
     assert_cluster_works(e2e, workers=2)
 
 
+@pytest.mark.lifecycle
 def test_scale_down_drains_and_deletes_the_node_before_its_vm(e2e: E2EStack) -> None:
     e2e.set_config("workerCount", "1")
     record = e2e.pulumi("up-scale-2-to-1", "up", "--yes")
@@ -252,6 +257,7 @@ def test_scale_down_drains_and_deletes_the_node_before_its_vm(e2e: E2EStack) -> 
     assert_cluster_works(e2e, workers=1)
 
 
+@pytest.mark.lifecycle
 def test_a_worker_vm_deleted_behind_pulumis_back_comes_back_on_refresh(e2e: E2EStack) -> None:
     """Decided behaviour: `pulumi up --refresh` sees the domain gone, creates it again on its disk,
     and the worker, still joined, is Ready again; a plain `up` trusts the state and changes nothing."""
@@ -265,6 +271,7 @@ def test_a_worker_vm_deleted_behind_pulumis_back_comes_back_on_refresh(e2e: E2ES
     assert_cluster_works(e2e, workers=1)
 
 
+@pytest.mark.lifecycle
 def test_destroy_with_keep_base_image_keeps_only_the_base(e2e: E2EStack) -> None:
     e2e.pulumi("destroy-keep-base", "destroy", "--yes")
     left = leftovers()
@@ -304,6 +311,7 @@ def kubeadm_processes(e2e: E2EStack) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.lifecycle
 def test_an_up_killed_during_kubeadm_init_converges_on_the_next_up(e2e: E2EStack) -> None:
     killed = e2e.pulumi_killed_when("up-killed-in-init", ["up", "--yes"], init_running_for(e2e, 45), timeout=3600)
     assert killed.returncode is None, "the run ended before kubeadm init had run 45 s"
