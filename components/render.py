@@ -276,7 +276,8 @@ def remove_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mappi
         drain_timeout=DRAIN_TIMEOUT,
         libvirt_uri=config.libvirt_uri,
         network=config.network_name,
-        mac=node.mac,
+        # The entry as the domain's create added it: the MAC the domain was given (components/node.py).
+        mac=node.mac.upper(),
     )
 
 
