@@ -115,3 +115,16 @@ def test_status_counts_an_image_only_once_an_archive_carries_it(tmp_path: Path, 
         tar.addfile(info, io.BytesIO(manifest.encode()))
     assert "docker.io/cloudnativelabs/kube-router:v2.11.1" not in offline.missing_images(home, "e2e", images)
     assert "gcr.io/kuar-demo/kuard-amd64:1" in offline.missing_images(home, "e2e", images)
+
+
+def test_a_language_host_in_use_is_replaced_by_rename_not_overwritten(tmp_path: Path) -> None:
+    """make plugins while a pulumi runs: writing over the running host fails with ETXTBSY."""
+    source, target = tmp_path / "new-host", tmp_path / "host"
+    source.write_text("v2")
+    target.write_text("v1")
+    before = target.stat().st_ino
+    offline.install_beside(source, target)
+    assert target.read_text() == "v2" and target.stat().st_ino != before  # a new file, the old one untouched
+    same = target.stat().st_ino
+    offline.install_beside(source, target)
+    assert target.stat().st_ino == same  # already in place: nothing written

@@ -128,10 +128,19 @@ def register_plugins(home: Path, directory: Path) -> list[str]:
         problems.append(problem)
     else:
         for name in (LANGUAGE_HOST, LANGUAGE_HOST_EXEC):
-            shutil.copy2(directory / name, cli_directory(home) / name)
+            install_beside(directory / name, cli_directory(home) / name)
             # A copy on PATH makes the engine warn "using pulumi-language-python from $PATH".
             (home / "bin" / name).unlink(missing_ok=True)
     return problems
+
+
+def install_beside(source: Path, target: Path) -> None:
+    """Copy by rename: a host some `pulumi` runs right now cannot be written over ("Text file busy")."""
+    if target.exists() and target.read_bytes() == source.read_bytes():
+        return
+    staging = target.with_name(f".{target.name}.new")
+    shutil.copy2(source, staging)
+    staging.replace(target)
 
 
 def cli_directory(home: Path) -> Path:
