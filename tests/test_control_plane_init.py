@@ -11,7 +11,6 @@ stand-in kubectl answers as an API server that is up or down.
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 from components import render, tolerances
 from components.config import ClusterConfig
 from tests.conftest import cluster_config
+from tests.standins import StandInNode
 
 FAKE_SUDO = r"""#!/bin/bash
 args=()
@@ -61,30 +61,9 @@ esac
 """
 
 
-@dataclasses.dataclass
-class ControlPlaneNode:
-    root: Path
-    bin_dir: Path
-    script: str
-
+class ControlPlaneNode(StandInNode):
     def init(self, **env: str) -> subprocess.CompletedProcess[str]:
-        environment = {**os.environ, "PATH": f"{self.bin_dir}:{os.environ['PATH']}", "ROOT": str(self.root), **env}
-        return subprocess.run(
-            ["/bin/bash", "-c", self.script],
-            input="kind: InitConfiguration\n",
-            capture_output=True,
-            text=True,
-            env=environment,
-            timeout=60,
-            check=False,
-        )
-
-    def kubeadm_calls(self) -> list[str]:
-        calls = self.root / "kubeadm-calls"
-        return calls.read_text().split() if calls.exists() else []
-
-    def has(self, path: str) -> bool:
-        return (self.root / path.lstrip("/")).exists()
+        return self.run(**env)
 
 
 def quick(config: ClusterConfig) -> ClusterConfig:
@@ -95,14 +74,9 @@ def quick(config: ClusterConfig) -> ClusterConfig:
 
 @pytest.fixture
 def node(tmp_path: Path, ssh_key: Path) -> ControlPlaneNode:
-    bin_dir, root = tmp_path / "bin", tmp_path / "root"
-    bin_dir.mkdir()
-    (root / "etc/kubernetes").mkdir(parents=True)
-    for name, text in (("sudo", FAKE_SUDO), ("kubeadm", FAKE_KUBEADM), ("kubectl", FAKE_KUBECTL)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
     script = render.kubeadm_init_script(quick(cluster_config(ssh_key, domainType="qemu")))
-    return ControlPlaneNode(root, bin_dir, script)
+    tools = {"sudo": FAKE_SUDO, "kubeadm": FAKE_KUBEADM, "kubectl": FAKE_KUBECTL}
+    return ControlPlaneNode.make(tmp_path, tools, script, "kind: InitConfiguration\n")
 
 
 def test_a_fresh_node_is_initialised_once_with_its_patches(node: ControlPlaneNode) -> None:

@@ -22,6 +22,7 @@ import yaml
 
 from tests.harness import Evaluation
 from tests.render import heredocs
+from tests.standins import StandInNode
 
 CONTROL_PLANE = "kube@172.31.255.10"
 WORKER = "kube@172.31.255.13"
@@ -294,42 +295,19 @@ esac
 """
 
 
-@dataclass
-class Worker:
+class Worker(StandInNode):
     """A stand-in worker's file system, and kubeadm-join.sh as the join step sends it there."""
 
-    root: Path
-    bin_dir: Path
-    script: str
-
     def join(self, **env: str) -> subprocess.CompletedProcess[str]:
-        environment = {**os.environ, "PATH": f"{self.bin_dir}:{os.environ['PATH']}", "ROOT": str(self.root), **env}
-        return subprocess.run(
-            ["/bin/bash", "-c", self.script],
-            input="kind: JoinConfiguration\n",
-            capture_output=True,
-            text=True,
-            env=environment,
-            timeout=30,
-            check=False,
-        )
-
-    def has(self, path: str) -> bool:
-        return (self.root / path.lstrip("/")).exists()
-
-    def kubeadm_calls(self) -> list[str]:
-        return (self.root / "kubeadm-calls").read_text().split()
+        return self.run(**env)
 
 
 @pytest.fixture
 def worker(tmp_path: Path, air: Evaluation) -> Worker:
-    bin_dir, root = tmp_path / "bin", tmp_path / "root"
-    bin_dir.mkdir()
-    (root / "etc/kubernetes").mkdir(parents=True)
-    for name, text in (("sudo", FAKE_SUDO), ("kubeadm", FAKE_KUBEADM)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    return Worker(root, bin_dir, heredocs(join_worker_script(air))["ON_WORKER"])
+    script = heredocs(join_worker_script(air))["ON_WORKER"]
+    node = Worker.make(tmp_path, {"sudo": FAKE_SUDO, "kubeadm": FAKE_KUBEADM}, script, "kind: JoinConfiguration\n")
+    node.timeout = 30
+    return node
 
 
 def test_a_join_that_stopped_half_way_is_reset_and_retried(worker: Worker) -> None:
