@@ -31,7 +31,8 @@ class ClusterNetwork(pulumi.ComponentResource):
             domain=config.dns_domain,
             addresses=[config.network_cidr],
             autostart=True,
-            # Addresses are fixed per node; DHCP stays on only for libvirt's static host entries.
+            # Nodes have static addresses and never ask DHCP. It stays on as every stack was made:
+            # the dhcp block forces a new network (v0.8.1), which would rebuild every node.
             dhcp=libvirt.NetworkDhcpArgs(enabled=True),
             dns=libvirt.NetworkDnsArgs(
                 enabled=True,

@@ -71,10 +71,12 @@ class Node(pulumi.ComponentResource):
             cloudinit=self.seed.id,
             disks=[libvirt.DomainDiskArgs(volume_id=self.disk.id)],
             network_interfaces=[
+                # The address is static, from the seed's network-config; no `addresses` (nor the
+                # `hostname` that only labels them): provider v0.8.1 reads them back from DHCP leases,
+                # which a static guest never takes, so the state kept none and every later `up` saw
+                # them as an update. Names resolve through the network's DNS host entries.
                 libvirt.DomainNetworkInterfaceArgs(
                     network_id=args.network_id,
-                    hostname=spec.name,
-                    addresses=[spec.ip],
                     # The provider reads MACs back upper-case (v0.8.1 resourceLibvirtDomainRead:
                     # strings.ToUpper); a lower-case input was an update on every `up`.
                     mac=spec.mac.upper(),

@@ -201,25 +201,25 @@ def write_artifacts(evaluation: Evaluation, out: Path) -> None:
 
 def summary(evaluation: Evaluation) -> dict[str, Any]:
     (network,) = evaluation.of_type("libvirt:index/network:Network")
-    roles = {n["name"]: n["role"] for n in evaluation.outputs["nodes"]["value"]}
-    nodes = []
     commands = evaluation.of_type("command:remote:Command")
     ready = {c.name.removesuffix("-ready"): c for c in commands if c.name.endswith("-ready")}
-    for domain in evaluation.of_type("libvirt:index/domain:Domain"):
+    nodes = []
+    for listed in evaluation.outputs["nodes"]["value"]:
+        name = listed["name"]
+        domain = evaluation.named(f"{name}-vm")
         nic = domain.plain("networkInterfaces")[0]
-        disk = next(r for r in evaluation.of_type("libvirt:index/volume:Volume") if r.name == f"{nic['hostname']}-disk")
         nodes.append(
             {
-                "name": nic["hostname"],
+                "name": name,
                 "libvirt_name": domain.plain("name"),
-                "role": roles[nic["hostname"]],
-                "ip": nic["addresses"][0],
+                "role": listed["role"],
+                "ip": listed["ip"],
                 "mac": nic["mac"],
-                "fqdn": f"{nic['hostname']}.{network.plain('domain')}",
+                "fqdn": f"{name}.{network.plain('domain')}",
                 "vcpu": int(domain.plain("vcpu")),
                 "memory_mib": int(domain.plain("memory")),
-                "disk_gib": int(disk.plain("size")) // 1024**3,
-                "host_key": ready[nic["hostname"]].plain("connection")["hostKey"],
+                "disk_gib": int(evaluation.named(f"{name}-disk").plain("size")) // 1024**3,
+                "host_key": ready[name].plain("connection")["hostKey"],
             }
         )
     cidr = network.plain("addresses")[0]
