@@ -152,5 +152,5 @@ e2e: dev-deps ## a real `pulumi up` of the e2e stack: the cluster's checks, a se
 	$(MAKE) --no-print-directory image STACK=e2e
 	$(PY) -m pytest -q -m "$(E2E_SELECT)" -p no:cacheprovider tests/e2e
 
-e2e-lifecycle: ## make e2e plus scaling, a VM deleted by hand, keepBaseImage across destroy, an up killed in kubeadm init (~75 min)
+e2e-lifecycle: ## make e2e plus scaling, a worker rebuilt, a VM deleted by hand, keepBaseImage across destroy, an up killed in kubeadm init (~75 min)
 	$(MAKE) --no-print-directory e2e E2E_SELECT=e2e

@@ -5,8 +5,9 @@ Python language host, libvirtd and QEMU, real VMs from the offline node image; e
 the live cluster (through the stack's own kubeconfig output) or libvirt. The steps build on each
 other in the order written: when one fails, the ones after it are skipped with that reason.
 `make e2e` runs the core (first up, the cluster's checks, a second up and preview without changes,
-destroy leaving nothing); `make e2e-lifecycle` adds the steps marked `lifecycle` (scaling, a VM
-deleted by hand, keepBaseImage across destroy, an up killed during kubeadm init).
+destroy leaving nothing); `make e2e-lifecycle` adds the steps marked `lifecycle` (scaling, a worker
+rebuilt under its name, a VM deleted by hand, keepBaseImage across destroy, an up killed during
+kubeadm init).
 """
 
 from __future__ import annotations
@@ -258,6 +259,26 @@ def test_scale_down_drains_and_deletes_the_node_before_its_vm(e2e: E2EStack) -> 
     assert leave and domain, sorted(spans)
     assert leave[0] <= domain[0], "the VM went before its Node was drained and deleted"
     assert_cluster_works(e2e, workers=1)
+
+
+def node_uid(e2e: E2EStack, name: str) -> str:
+    return str(e2e.kubectl_json("get", "node", name)["metadata"]["uid"])
+
+
+@pytest.mark.lifecycle
+def test_a_resized_worker_is_rebuilt_and_rejoins_under_its_name(e2e: E2EStack) -> None:
+    """Issue 15 item 1 for real: a new worker size is a new disk and domain under the same name, whose
+    join meets the old machine's Node, still Ready for the node monitor's ~40 s; the join step deletes
+    it first, so kubeadm does not refuse the name, and the new machine registers a new Node."""
+    before = node_uid(e2e, "work11")
+    e2e.set_config("workerMemoryMiB", "2304")
+    record = e2e.pulumi("up-worker-resized", "up", "--yes")
+    replaced = sorted(urn.rsplit("::", 1)[1] for (urn, op) in step_times(record) if op.endswith("replacement"))
+    assert "work11-vm" in replaced and not any(name.startswith("head10") for name in replaced), replaced
+    assert_cluster_works(e2e, workers=1)
+    assert node_uid(e2e, "work11") != before, "work11 kept its old Node: the new machine did not join"
+    memory_kib = int(ssh(e2e, "work11", "awk '/MemTotal/ {print $2}' /proc/meminfo"))
+    assert memory_kib > 2048 * 1024, memory_kib
 
 
 @pytest.mark.lifecycle
