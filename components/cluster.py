@@ -43,8 +43,12 @@ class Cluster(pulumi.ComponentResource):
         on_host = pulumi.ResourceOptions(parent=self, providers=[self.libvirt])
         self.network = ClusterNetwork(f"{name}-network", ClusterNetworkArgs(config), on_host)
         self.store = ImageStore(f"{name}-images", ImageStoreArgs(config, args.kept_store), on_host)
-        self.nodes = {
-            spec.name: Node(
+        # One node at a time (seed, disk, VM), after the network and the base image: no libvirt call
+        # runs beside a seed's ISO read-back (see Node). It costs seconds; the boots still overlap.
+        self.nodes: dict[str, Node] = {}
+        after: list[pulumi.Resource] = [self.network.network, self.store.base_image]
+        for spec in config.nodes:
+            node = Node(
                 spec.name,
                 NodeArgs(
                     config=config,
@@ -53,11 +57,12 @@ class Cluster(pulumi.ComponentResource):
                     base_volume_id=self.store.base_image.id,
                     network_id=self.network.network.id,
                     access=access,
+                    after=after,
                 ),
                 on_host,
             )
-            for spec in config.nodes
-        }
+            self.nodes[spec.name] = node
+            after = [node.domain]
         cp = config.control_plane
         self.control_plane = ControlPlane(
             f"{name}-control-plane",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -22,6 +23,8 @@ class NodeArgs:
     base_volume_id: pulumi.Input[str]
     network_id: pulumi.Input[str]
     access: ssh.Access
+    # libvirt calls this node's storage and VM must not overlap with (see Cluster: one node at a time).
+    after: Sequence[pulumi.Resource] = ()
 
 
 class Node(pulumi.ComponentResource):
@@ -32,20 +35,12 @@ class Node(pulumi.ComponentResource):
     def __init__(self, name: str, args: NodeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:node:Node", name, None, opts)
         config, spec = args.config, args.spec
-        child = pulumi.ResourceOptions(parent=self)
         host_key = args.access.host_keys[spec.name]
         machine = identity.node_identity(config, spec, host_key)
         generation = machine.generation
-        # The generation in the name: a new seed, image or size makes a new disk, hence a new domain.
-        self.disk = libvirt.Volume(
-            f"{name}-disk",
-            name=identity.disk_volume_name(spec, generation),
-            pool=args.pool_name,
-            base_volume_id=args.base_volume_id,
-            format="qcow2",
-            size=config.disk_gib * GIB,
-            opts=child,
-        )
+        # The seed first: its create reads the ISO back over a libvirt stream (v0.8.1
+        # resourceCloudInitDiskRead), which once deadlocked the provider's one libvirt connection
+        # (go-libvirt's router blocked on the finished download) while the disks were being created.
         self.seed = libvirt.CloudInitDisk(
             f"{name}-seed",
             name=identity.seed_volume_name(spec, generation),
@@ -54,7 +49,17 @@ class Node(pulumi.ComponentResource):
             user_data=pulumi.Output.secret(render.user_data(config, spec, host_key)),
             meta_data=render.meta_data(spec, identity.instance_id(config, spec, generation)),
             network_config=render.network_config(config, spec),
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after)),
+        )
+        # The generation in the name: a new seed, image or size makes a new disk, hence a new domain.
+        self.disk = libvirt.Volume(
+            f"{name}-disk",
+            name=identity.disk_volume_name(spec, generation),
+            pool=args.pool_name,
+            base_volume_id=args.base_volume_id,
+            format="qcow2",
+            size=config.disk_gib * GIB,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.seed]),
         )
         self.domain = libvirt.Domain(
             f"{name}-vm",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -507,3 +508,17 @@ def test_every_nic_input_is_what_the_provider_reads_back(air: Evaluation) -> Non
         assert set(nic) <= NIC_READ_BACK, f"{domain.name}: {sorted(set(nic) - NIC_READ_BACK)} are not read back"
         network = air.named(domain.name.replace("-vm", "-seed")).plain("networkConfig")
         assert "dhcp4: false" in network and nic["mac"].lower() in network, network
+
+
+def test_libvirt_works_on_one_node_at_a_time(air: Evaluation) -> None:
+    """The real first `up` hung once in a seed's ISO read-back (a go-libvirt stream deadlock on the
+    provider's one connection) while two disks were being created beside it: each seed now waits for
+    the previous node's VM (the first for the network and base image), and its disk waits for it."""
+    order = ["head10", "work11", "work12", "work13"]
+    first = air.depends_on(air.named("head10-seed"))
+    assert {air.named("kube-on-air-network-net").urn, air.named("kube-on-air-images-base").urn} <= first
+    for before, node in itertools.pairwise(order):
+        assert air.named(f"{before}-vm").urn in air.depends_on(air.named(f"{node}-seed")), node
+    for node in order:
+        assert air.named(f"{node}-seed").urn in air.depends_on(air.named(f"{node}-disk")), node
+        assert air.named(f"{node}-disk").urn in air.depends_on(air.named(f"{node}-vm")), node
