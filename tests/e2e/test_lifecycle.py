@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import POOL, REPORT, leftovers, pool_volumes
-from tests.e2e.stack import E2EStack, changes, step_times
+from tests.e2e.stack import CommandRecord, E2EStack, changes, step_times
 from tests.vm import libvirt_host as lh
 
 pytestmark = pytest.mark.e2e
@@ -265,20 +265,40 @@ def node_uid(e2e: E2EStack, name: str) -> str:
     return str(e2e.kubectl_json("get", "node", name)["metadata"]["uid"])
 
 
+def replaced_in(record: CommandRecord) -> list[str]:
+    return sorted(urn.rsplit("::", 1)[1] for (urn, op) in step_times(record) if op == "create-replacement")
+
+
 @pytest.mark.lifecycle
-def test_a_resized_worker_is_rebuilt_and_rejoins_under_its_name(e2e: E2EStack) -> None:
-    """Issue 15 item 1 for real: a new worker size is a new disk and domain under the same name, whose
-    join meets the old machine's Node, still Ready for the node monitor's ~40 s; the join step deletes
-    it first, so kubeadm does not refuse the name, and the new machine registers a new Node."""
+def test_a_resized_worker_boots_again_on_its_disk_as_the_same_node(e2e: E2EStack) -> None:
+    """A worker's size is not its identity: the domain is replaced (memory forces a new one in v0.8.1),
+    the disk stays, so the worker boots again with its kubelet.conf and is the same Node, with more
+    memory; nothing of the control plane is touched."""
     before = node_uid(e2e, "work11")
     e2e.set_config("workerMemoryMiB", "2304")
     record = e2e.pulumi("up-worker-resized", "up", "--yes")
-    replaced = sorted(urn.rsplit("::", 1)[1] for (urn, op) in step_times(record) if op.endswith("replacement"))
-    assert "work11-vm" in replaced and not any(name.startswith("head10") for name in replaced), replaced
+    replaced = replaced_in(record)
+    assert "work11-vm" in replaced and "work11-disk" not in replaced, replaced
+    assert not any(name.startswith("head10") for name in replaced), replaced
     assert_cluster_works(e2e, workers=1)
-    assert node_uid(e2e, "work11") != before, "work11 kept its old Node: the new machine did not join"
+    assert node_uid(e2e, "work11") == before
     memory_kib = int(ssh(e2e, "work11", "awk '/MemTotal/ {print $2}' /proc/meminfo"))
     assert memory_kib > 2048 * 1024, memory_kib
+
+
+@pytest.mark.lifecycle
+def test_a_worker_rebuilt_on_a_new_disk_rejoins_past_its_old_node(e2e: E2EStack) -> None:
+    """Issue 15 item 1 for real: `pulumi up --replace` on a worker's disk gives a new machine under the
+    old name, whose join meets the old machine's Node, still Ready for the node monitor's ~40 s; the
+    join step deletes it first, so kubeadm does not refuse the name, and a new Node registers."""
+    before = node_uid(e2e, "work11")
+    disk = next(r["urn"] for r in e2e.resources() if r["urn"].endswith("::work11-disk"))
+    record = e2e.pulumi("up-worker-new-disk", "up", "--yes", "--replace", disk)
+    replaced = replaced_in(record)
+    assert {"work11-disk", "work11-vm", "work11-kubeadm-join"} <= set(replaced), replaced
+    assert not any(name.startswith("head10") for name in replaced), replaced
+    assert_cluster_works(e2e, workers=1)
+    assert node_uid(e2e, "work11") != before, "work11 kept its old Node: the new machine did not join"
 
 
 @pytest.mark.lifecycle
