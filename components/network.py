@@ -39,7 +39,8 @@ class ClusterNetwork(pulumi.ComponentResource):
                 local_only=True,
                 hosts=[libvirt.NetworkDnsHostArgs(hostname=config.fqdn(node), ip=node.ip) for node in config.nodes],
             ),
-            opts=pulumi.ResourceOptions(parent=self),
+            # A fixed name: never two at once (see Node).
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
         self.network_id = self.network.id
         self.register_outputs({"network_id": self.network.id, "name": config.network_name})

@@ -28,7 +28,12 @@ class NodeArgs:
 
 
 class Node(pulumi.ComponentResource):
-    """A libvirt domain on a copy-on-write overlay of the base image, seeded by cloud-init."""
+    """A libvirt domain on a copy-on-write overlay of the base image, seeded by cloud-init.
+
+    Every libvirt object here has a fixed name, so each is deleted before its replacement is made:
+    a replacement made first (the engine's default, e.g. on `up --replace`) took the same volume
+    path, and deleting the original then removed the running worker's disk.
+    """
 
     ready: remote.Command
 
@@ -49,7 +54,7 @@ class Node(pulumi.ComponentResource):
             user_data=pulumi.Output.secret(render.user_data(config, spec, host_key)),
             meta_data=render.meta_data(spec, identity.instance_id(config, spec, generation)),
             network_config=render.network_config(config, spec),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after)),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after), delete_before_replace=True),
         )
         # The generation in the name: a new seed, image or size makes a new disk, hence a new domain.
         self.disk = libvirt.Volume(
@@ -59,7 +64,7 @@ class Node(pulumi.ComponentResource):
             base_volume_id=args.base_volume_id,
             format="qcow2",
             size=config.disk_gib * GIB,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.seed]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.seed], delete_before_replace=True),
         )
         self.domain = libvirt.Domain(
             f"{name}-vm",
@@ -99,7 +104,7 @@ class Node(pulumi.ComponentResource):
             running=True,
             qemu_agent=False,
             # Never swap a new seed into this domain (the provider would, and cloud-init would ignore it).
-            opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["cloudinit"]),
+            opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["cloudinit"], delete_before_replace=True),
         )
         self.ready = remote.Command(
             f"{name}-ready",

@@ -34,8 +34,12 @@ class ImageStore(pulumi.ComponentResource):
             type="dir",
             target=libvirt.PoolTargetArgs(path=config.pool_path),
             # A pool that still holds the kept base image cannot be deleted, so keep both.
+            # A fixed name: never two at once (see Node).
             opts=pulumi.ResourceOptions(
-                parent=self, retain_on_delete=config.keep_base_image, import_=kept.pool_uuid if kept else None
+                parent=self,
+                retain_on_delete=config.keep_base_image,
+                import_=kept.pool_uuid if kept else None,
+                delete_before_replace=True,
             ),
         )
         self.base_image = libvirt.Volume(
@@ -51,6 +55,7 @@ class ImageStore(pulumi.ComponentResource):
                 # libvirt does not say where a volume came from, so a kept one is taken as it is.
                 import_=kept.base_volume_key if kept else None,
                 ignore_changes=["source"] if kept and kept.base_volume_key else None,
+                delete_before_replace=True,
             ),
         )
         self.register_outputs({"pool": self.pool.name, "base_image_id": self.base_image.id})

@@ -49,6 +49,7 @@ class Resource:
     # Resource options import (the id to adopt) and ignoreChanges.
     import_id: str = ""
     ignore_changes: list[str] = field(default_factory=list)
+    delete_before_replace: bool = False
 
     def plain(self, key: str) -> Any:
         return unwrap(self.inputs.get(key))
@@ -248,6 +249,7 @@ def _run_child(request: dict[str, Any]) -> dict[str, Any]:
                         "replace_on_changes": sorted(request.replaceOnChanges),
                         "import_id": request.importId,
                         "ignore_changes": sorted(request.ignoreChanges),
+                        "delete_before_replace": bool(request.deleteBeforeReplace),
                     }
                 )
             return response

@@ -522,3 +522,12 @@ def test_libvirt_works_on_one_node_at_a_time(air: Evaluation) -> None:
     for node in order:
         assert air.named(f"{node}-seed").urn in air.depends_on(air.named(f"{node}-disk")), node
         assert air.named(f"{node}-disk").urn in air.depends_on(air.named(f"{node}-vm")), node
+
+
+def test_every_named_libvirt_object_is_deleted_before_its_replacement(air: Evaluation) -> None:
+    """The real `up --replace` of work11's disk made the replacement first, on the same volume path,
+    then deleted the original: the running worker's disk file was gone (QEMU held it open, deleted)."""
+    named = [r for r in air.resources if r.type.startswith("libvirt:index/") and r.plain("name")]
+    assert len(named) == 3 + 3 * 4, sorted(r.name for r in named)  # network, pool, base; seed, disk, VM per node
+    for resource in named:
+        assert resource.delete_before_replace, resource.name
