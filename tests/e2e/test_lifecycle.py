@@ -360,6 +360,9 @@ def test_an_up_killed_during_kubeadm_init_converges_on_the_next_up(e2e: E2EStack
     killed = e2e.pulumi_killed_when("up-killed-in-init", ["up", "--yes"], init_running_for(e2e, 45), timeout=3600)
     assert killed.returncode is None, "the run ended before kubeadm init had run 45 s"
     assert "kubeadm init" in REPORT["kubeadm_at_kill"], REPORT["kubeadm_at_kill"]
+    # The killed CLI leaves its stack lock (the real run: "the stack is currently locked ... delete the
+    # lock file with `pulumi cancel`"): the user's next step, as the CLI says and the README repeats.
+    e2e.pulumi("cancel-after-kill", "cancel", "--yes")
     again = e2e.pulumi("up-after-kill", "up", "--yes")
     assert again.returncode == 0
     # keepBaseImage: the pool and base image the destroy kept were taken over, not created again.
