@@ -117,7 +117,7 @@ test-vm: dev-deps ## boot a real node VM from the program's own cloud-init (slow
 	$(PY) -m pytest -q -m vm tests/vm
 
 render: dev-deps $(SSH_KEY) ## write every artifact of STACK into build/STACK (no Pulumi CLI needed)
-	$(PY) -m tests.render --stack $(STACK) $(ARGS)
+	$(PY) -m tools.render --stack $(STACK) $(ARGS)
 
 K8S_VERSION = $(shell awk '/kube-on-air:kubernetesVersion:/ {print $$2}' Pulumi.$(STACK).yaml)
 # What an offline host takes from directories its user fills (README: Offline hosts).
@@ -138,7 +138,7 @@ plugins: deps ## register the libvirt and command plugins and the Python languag
 	$(PY) -m tools.offline plugins $(PLUGIN_DIR)
 
 bench: dev-deps $(SSH_KEY) ## evaluation time and dependency chain for 1+3, 1+30, 1+100 workers
-	$(PY) -m tests.bench
+	$(PY) -m tools.bench
 
 toolchain: deps ## build the Pulumi CLI, provider plugins, Kubernetes and its images from the Go module proxy (cached)
 	$(PY) -m tools.toolchain

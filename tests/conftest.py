@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from components.config import ClusterConfig, load
-from tests.harness import Evaluation, evaluate, make_ssh_key, stack_config
+from tools.dryrun import Evaluation, evaluate, make_ssh_key, stack_config
 
 NS = "kube-on-air"
 

@@ -47,3 +47,12 @@ class StandInNode:
         """What the stand-in kubeadm was asked, in order (it appends each subcommand to this file)."""
         calls = self.root / "kubeadm-calls"
         return calls.read_text().split() if calls.exists() else []
+
+
+def stand_in(directory: Path, name: str, script: str) -> Path:
+    """An executable `name` in `directory` (created if needed) that runs `script`: a fake tool for PATH."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(script)
+    path.chmod(0o755)
+    return path

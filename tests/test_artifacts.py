@@ -19,8 +19,6 @@ from typing import Any
 import pytest
 import yaml
 
-from tests import bench, render
-from tests.render import config_with, longest_chain, render_stack
 from tests.validators import (
     Report,
     StackFacts,
@@ -40,6 +38,8 @@ from tests.validators import (
     validate_summary,
     validate_user_data,
 )
+from tools import bench, render
+from tools.render import config_with, longest_chain, render_stack
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 

@@ -11,7 +11,7 @@ import yaml
 
 from components import config as cfg
 from tests.conftest import air_config
-from tests.harness import ROOT, evaluate
+from tools.dryrun import ROOT, evaluate
 
 NS = "kube-on-air"
 

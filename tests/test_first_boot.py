@@ -19,8 +19,8 @@ import pytest
 
 from components import render
 from tests.conftest import NS, air_config
-from tests.harness import Evaluation, evaluate, stack_config
 from tests.validators import embedded_scripts
+from tools.dryrun import Evaluation, evaluate, stack_config
 
 STAND_INS = {
     "sudo": 'exec "$@"',

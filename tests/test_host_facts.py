@@ -19,8 +19,8 @@ from components import preflight as pf
 from components.config import ClusterConfig, load
 from components.host_facts import HostFacts, HostRoute, LibvirtNetwork, StackDomain, StackVolume
 from tests.conftest import cluster_config
-from tests.harness import ROOT
 from tests.test_preflight import OUTSIDE_POOL, assert_says, only
+from tools.dryrun import ROOT
 
 VIRT_AA_HELPER_RULES = """
   audit deny @{HOME}/.* mrwkl,

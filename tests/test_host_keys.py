@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import air_config
-from tests.harness import Evaluation, evaluate
+from tools.dryrun import Evaluation, evaluate
 
 REMOTE = "command:remote:Command"
 SEED = "libvirt:index/cloudInitDisk:CloudInitDisk"

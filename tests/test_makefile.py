@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, stand_in
+from tests.standins import stand_in
+from tools.dryrun import ROOT
 
 STACK = "koa-make-test"  # not air: `make kubeconfig` writes build/<stack>/
 STAND_IN_PULUMI = """#!/bin/bash

@@ -16,7 +16,7 @@ from components.host_facts import HostFacts, HostRoute, LibvirtNetwork, StackDom
 from components.hostkeys import HostKey
 from components.preflight import PreflightError, PreflightProblem
 from tests.conftest import cluster_config
-from tests.harness import ROOT
+from tools.dryrun import ROOT
 
 OUTSIDE_POOL = "/data/koa"
 LOCAL_QEMU_ABSTRACTION = "/etc/apparmor.d/local/abstractions/libvirt-qemu"  # read by every VM's profile

@@ -14,7 +14,7 @@ import yaml
 
 from components import access, render
 from tests.conftest import air_config
-from tests.harness import (
+from tools.dryrun import (
     FAKE_PROVIDER_ACCESS,
     FAKE_SA_TOKEN,
     Evaluation,

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from components import access, config
-from tests.harness import FAKE_CA_DATA, FAKE_PROVIDER_ACCESS, Evaluation
 from tests.validators import validate_manifest
+from tools.dryrun import FAKE_CA_DATA, FAKE_PROVIDER_ACCESS, Evaluation
 
 STAND_IN_KUBECTL = Path(__file__).with_name("stand-in-kubectl.sh")
 CLUSTER = "kube-on-air-air"

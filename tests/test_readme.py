@@ -13,7 +13,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from components import config as cfg
-from tests.harness import ROOT
+from tools.dryrun import ROOT
 
 README = ROOT / "README.md"
 # A cell boundary: a pipe not escaped with a backslash (GFM splits on pipes inside code spans too).

@@ -17,7 +17,7 @@ import pytest
 from components import render
 from components.hostkeys import HostKey
 from tests.conftest import air_config, cluster_config
-from tests.harness import Evaluation, evaluate
+from tools.dryrun import Evaluation, evaluate
 
 FAKE_SSH = """#!/bin/bash
 printf '%s\\n' "$*" >> "$SSH_LOG"

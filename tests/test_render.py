@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from components.config import DEFAULTS
-from tests import render
-from tests.harness import ROOT
+from tools import render
+from tools.dryrun import ROOT
 
 MAKE = shutil.which("make") or "make"
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import Evaluation
-from tests.render import heredocs
 from tests.standins import StandInNode
+from tools.dryrun import Evaluation
+from tools.render import heredocs
 
 CONTROL_PLANE = "kube@172.31.255.10"
 WORKER = "kube@172.31.255.13"

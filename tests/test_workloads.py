@@ -14,9 +14,9 @@ import yaml
 
 from tests import scheduling
 from tests.conftest import air_config
-from tests.harness import Evaluation, evaluate
-from tests.render import manifest
 from tests.scheduling import NOT_READY_TAINT, Node, Rules, State
+from tools.dryrun import Evaluation, evaluate
+from tools.render import manifest
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 PER_NODE = ("dnstools", "echo", "probe")

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from pulumi import automation as auto
 
-from tests.harness import ROOT
 from tools import toolchain as build
+from tools.dryrun import ROOT
 
 
 def run_program() -> None:

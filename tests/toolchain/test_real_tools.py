@@ -15,9 +15,9 @@ import pytest
 
 from components.render import sandbox_image
 from components.workloads import AGNHOST_IMAGE
-from tests.render import render_stack
 from tools import offline
 from tools import toolchain as build
+from tools.render import render_stack
 
 pytestmark = pytest.mark.toolchain
 

@@ -132,9 +132,9 @@ def base_image(vm_prereqs: None) -> BaseImage:
 @pytest.fixture(scope="session")
 def rendered(vm_prereqs: None, tmp_path_factory: pytest.TempPathFactory) -> Rendered:
     try:
-        from tests.render import render_stack
+        from tools.render import render_stack
     except ImportError as err:
-        pytest.fail(f"the VM test renders its inputs with tests.render.render_stack(stack, overrides, out_dir): {err}")
+        pytest.fail(f"the VM test renders its inputs with tools.render.render_stack(stack, overrides, out_dir): {err}")
 
     tmp = tmp_path_factory.mktemp("stack")
     key = tmp / "id_ed25519"

@@ -1,6 +1,6 @@
 """Issue 4: boot work11 from the program's own cloud-init seed and check it over SSH, for real.
 
-The seed, the network and the wait-ready script are exactly what `tests.render.render_stack`
+The seed, the network and the wait-ready script are exactly what `tools.render.render_stack`
 renders for stack `air` (prebaked); the VM is a libvirt domain shaped like the program's.
 """
 
@@ -181,7 +181,7 @@ def kubeadm_calls(ssh: Ssh) -> list[str]:
 
 
 def program_text(rendered: Rendered, relative: str) -> str:
-    """A script or stdin exactly as the program hands it to pulumi-command (see tests.render)."""
+    """A script or stdin exactly as the program hands it to pulumi-command (see tools.render)."""
     return (rendered.directory / relative).read_text()
 
 

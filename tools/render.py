@@ -1,6 +1,6 @@
 """`make render`: write every artifact the program would hand out, without the Pulumi CLI.
 
-Usage: python -m tests.render [--stack air] [--out build] [--set key=value ...]
+Usage: python -m tools.render [--stack air] [--out build] [--set key=value ...]
 Reads Pulumi.<stack>.yaml (which must exist) with the --set overrides, checks it as the program does,
 and writes build/<stack>/: summary.json, nodes/<node>/{user-data,meta-data,network-config},
 kubeadm/*.yaml, scripts/*.sh, manifests/*.yaml, graph.dot and graph.svg (says so when graphviz is missing).
@@ -24,7 +24,7 @@ import yaml
 
 from components.config import ConfigError, load_namespaced
 from components.render import CA_CERT_HASH_PLACEHOLDER, TOKEN_PLACEHOLDER
-from tests.harness import FAKE_CA_HASH, FAKE_TOKEN, ROOT, Evaluation, Resource, evaluate, stack_config, unwrap
+from tools.dryrun import FAKE_CA_HASH, FAKE_TOKEN, ROOT, Evaluation, Resource, evaluate, stack_config, unwrap
 
 NAMESPACE = "kube-on-air"
 K8S_PREFIX = "kubernetes:"
@@ -166,7 +166,7 @@ def _write_embedded(command: Resource, out: Path) -> None:
         if marker in embedded:
             _write(out / "scripts" / f"{command.name}-{suffix}.sh", embedded[marker])
     if "JOIN_CONFIG" in embedded:
-        # The real credentials only exist while the join runs: fill in the harness's fake ones.
+        # The real credentials only exist while the join runs: fill in the dry run's fake ones.
         config = embedded["JOIN_CONFIG"].replace(TOKEN_PLACEHOLDER, FAKE_TOKEN)
         _write(out / "kubeadm" / f"{command.name}-config.yaml", config.replace(CA_CERT_HASH_PLACEHOLDER, FAKE_CA_HASH))
 

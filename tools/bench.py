@@ -1,6 +1,6 @@
 """`make bench`: evaluation time and longest dependency chain for 1+3, 1+30 and 1+100 nodes.
 
-Usage: python -m tests.bench [--sizes 3,30,100] [--out build/bench.json]
+Usage: python -m tools.bench [--sizes 3,30,100] [--out build/bench.json]
 The libvirt creates line up, one node after another (seed, disk, VM: seconds each; see
 components/cluster.py); every long step (a node's boot wait, its join) runs in parallel. So the longest
 chain may grow by those three per node and by nothing else: exits 1 when the rest of it differs
@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tests.harness import ROOT, evaluate, make_ssh_key
-from tests.render import config_with, dependency_graph, longest_chain, short
+from tools.dryrun import ROOT, evaluate, make_ssh_key
+from tools.render import config_with, dependency_graph, longest_chain, short
 
 STACK = "air"
 SIZES = (3, 30, 100)

@@ -1,6 +1,6 @@
 """Evaluate the Pulumi program under Pulumi's mock runtime and collect what it registers.
 
-Each evaluation runs in a fresh interpreter (`python -m tests.harness`), so stacks never share
+Each evaluation runs in a fresh interpreter (`python -m tools.dryrun`), so stacks never share
 runtime state; the child prints one JSON document that `evaluate` turns into an `Evaluation`.
 """
 
@@ -147,7 +147,7 @@ def evaluate(
     request = json.dumps({"stack": stack, "config": config, "preview": preview, "ids": ids or {}})
     started = time.perf_counter()
     child = subprocess.run(
-        [sys.executable, "-m", "tests.harness"],
+        [sys.executable, "-m", "tools.dryrun"],
         input=request,
         capture_output=True,
         text=True,
@@ -157,7 +157,7 @@ def evaluate(
     )
     seconds = time.perf_counter() - started
     if child.returncode != 0:
-        raise RuntimeError(f"harness child failed ({child.returncode}):\n{child.stderr[-4000:]}")
+        raise RuntimeError(f"dry-run child failed ({child.returncode}):\n{child.stderr[-4000:]}")
     result = json.loads(child.stdout)
     resources = [Resource(**r) for r in result["resources"]]
     return Evaluation(stack, resources, result["outputs"], result["error"], seconds)
@@ -175,15 +175,6 @@ def make_ssh_key(directory: Path) -> Path:
     key = directory / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
     return key
-
-
-def stand_in(directory: Path, name: str, script: str) -> Path:
-    """An executable `name` in `directory` (created if needed) that runs `script`: a fake tool for PATH."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    path.write_text(script)
-    path.chmod(0o755)
-    return path
 
 
 def stack_config(stack: str) -> dict[str, str]:
