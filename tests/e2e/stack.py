@@ -161,7 +161,10 @@ class E2EStack:
         return self._record(name, args, started, None if killed else proc.returncode, log, events)
 
     def output(self, name: str, secret: bool = False) -> Any:
-        args = ["stack", "output", name, "--json", *(["--show-secrets"] if secret else [])]
+        return self.cli_json("stack", "output", name, "--json", *(["--show-secrets"] if secret else []))
+
+    def cli_json(self, *args: str) -> Any:
+        """What a read-only pulumi command prints, as JSON (not recorded: it changes nothing)."""
         done = subprocess.run(
             [str(self.home / "bin" / "pulumi"), *args, "--stack", STACK],
             cwd=self.project,
@@ -171,6 +174,11 @@ class E2EStack:
             check=True,
         )
         return json.loads(done.stdout)
+
+    def pending_operations(self) -> list[tuple[str, str]]:
+        """(type, URN) of every operation the state says was under way when a run stopped."""
+        state = self.cli_json("stack", "export")
+        return [(op["type"], op["resource"]["urn"]) for op in state["deployment"].get("pending_operations") or []]
 
     def write_kubeconfig(self) -> Path:
         self.kubeconfig.write_text(self.output("kubeconfig", secret=True))

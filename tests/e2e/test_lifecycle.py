@@ -363,8 +363,15 @@ def test_an_up_killed_during_kubeadm_init_converges_on_the_next_up(e2e: E2EStack
     # The killed CLI leaves its stack lock (the real run: "the stack is currently locked ... delete the
     # lock file with `pulumi cancel`"): the user's next step, as the CLI says and the README repeats.
     e2e.pulumi("cancel-after-kill", "cancel", "--yes")
+    # The kill really cut an operation short: the state holds kubeadm init's create as under way.
+    interrupted = e2e.pending_operations()
+    REPORT["pending_after_kill"] = interrupted
+    cut_short = {(op, urn.rsplit("::", 1)[1]) for op, urn in interrupted}
+    assert ("creating", "kube-on-air-control-plane-init") in cut_short, interrupted
     again = e2e.pulumi("up-after-kill", "up", "--yes")
     assert again.returncode == 0
+    # The engine warns about the interrupted create and runs it again; nothing stays pending after.
+    assert e2e.pending_operations() == []
     # keepBaseImage: the pool and base image the destroy kept were taken over, not created again.
     imported = {
         urn.rsplit("::", 1)[1] for record in (killed, again) for (urn, op) in step_times(record) if op == "import"
