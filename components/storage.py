@@ -52,9 +52,12 @@ class ImageStore(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self,
                 retain_on_delete=config.keep_base_image,
-                # libvirt does not say where a volume came from, so a kept one is taken as it is.
                 import_=kept.base_volume_key if kept else None,
-                ignore_changes=["source"] if kept and kept.base_volume_key else None,
+                # libvirt does not say where a volume came from, so a kept base is taken over without
+                # one, and every later `up` would otherwise replace it, and every disk on it (seen in a
+                # real run). A new imageSource reaches the nodes through their identity (new disks),
+                # which the control plane refuses; after a destroy the base goes unless it is kept.
+                ignore_changes=["source"],
                 delete_before_replace=True,
             ),
         )
