@@ -43,8 +43,9 @@ class Cluster(pulumi.ComponentResource):
         on_host = pulumi.ResourceOptions(parent=self, providers=[self.libvirt])
         self.network = ClusterNetwork(f"{name}-network", ClusterNetworkArgs(config), on_host)
         self.store = ImageStore(f"{name}-images", ImageStoreArgs(config, args.kept_store), on_host)
-        # One node at a time (seed, disk, VM), after the network and the base image: no libvirt call
-        # runs beside a seed's ISO read-back (see Node). It costs seconds; the boots still overlap.
+        # One node at a time (seed, disk, VM), after the network and the base image: at most one volume
+        # upload streams over the provider's one libvirt connection (where a seed's download once
+        # deadlocked, see components/seed.py). It costs seconds; the boots still overlap.
         self.nodes: dict[str, Node] = {}
         after: list[pulumi.Resource] = [self.network.network, self.store.base_image]
         for spec in config.nodes:

@@ -479,10 +479,11 @@ def _apparmor_pool_allowed(config: ClusterConfig) -> bool | None:
 
 
 def qemu_volume_permissions(config: ClusterConfig) -> dict[str, str]:
-    """What QEMU needs on each volume: it writes the node's overlay and reads the base image behind it and the
-    seed ISO, locking each (`k`); the letters virt-aa-helper grants a writable disk and a read-only one."""
+    """What QEMU needs on each volume: it writes the node's overlay and its seed disk (attached writable, as
+    provider v0.8.1 attaches every volume disk) and reads the base image behind the overlay, locking each
+    (`k`); the letters virt-aa-helper grants a writable disk and a read-only one."""
     base, disk, seed = pool_volume_paths(config)
-    return {base: "rk", disk: "rwk", seed: "rk"}
+    return {base: "rk", disk: "rwk", seed: "rwk"}
 
 
 def _apparmor_qemu_pool_allowed(config: ClusterConfig) -> bool | None:

@@ -1,8 +1,7 @@
 """What makes a node a new machine, and the generation that names it.
 
-cloud-init acts on user-data once per instance-id, and the libvirt provider (v0.8.1) swaps a changed
-cloud-init disk into the existing domain (`cloudinit` is not ForceNew), so a changed seed would never
-reach a running node. Instead each node has an identity: its seed (user-data, network-config), image
+cloud-init acts on user-data once per instance-id, so a changed seed swapped under a running node
+would never reach it. Instead each node has an identity: its seed (user-data, network-config), image
 and disk size. Its digest, the generation, is part of the node's disk and seed volume names and its
 instance-id, so a change replaces the disk and with it the domain (`disks` is ForceNew), and the new
 node boots as a new instance. The identity is written into the domain's description, where preflight
@@ -70,7 +69,9 @@ def disk_volume_name(node: NodeSpec, generation: str) -> str:
 
 
 def seed_volume_name(node: NodeSpec, generation: str) -> str:
-    return f"{node.name}-seed-{generation}.iso"
+    # Not "-seed-": that was the provider's CloudInitDisk, which an older stack deletes only after
+    # this volume is made (a different resource), by its path.
+    return f"{node.name}-cidata-{generation}.iso"
 
 
 def instance_id(config: ClusterConfig, node: NodeSpec, generation: str) -> str:

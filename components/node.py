@@ -9,7 +9,7 @@ import pulumi
 import pulumi_libvirt as libvirt
 from pulumi_command import remote
 
-from components import identity, render, ssh
+from components import identity, render, seed, ssh
 from components.config import ClusterConfig, NodeSpec
 
 GIB = 1024**3
@@ -43,17 +43,23 @@ class Node(pulumi.ComponentResource):
         host_key = args.access.host_keys[spec.name]
         machine = identity.node_identity(config, spec, host_key)
         generation = machine.generation
-        # The seed first: its create reads the ISO back over a libvirt stream (v0.8.1
-        # resourceCloudInitDiskRead), which once deadlocked the provider's one libvirt connection
-        # (go-libvirt's router blocked on the finished download) while the disks were being created.
-        self.seed = libvirt.CloudInitDisk(
+        # The seed first (see components/seed.py): a volume uploaded from an ISO built here, never read back.
+        seed_name = identity.seed_volume_name(spec, generation)
+        seed_iso = seed.write_iso(
+            seed.directory(config),
+            seed_name,
+            {
+                "user-data": render.user_data(config, spec, host_key),
+                "meta-data": render.meta_data(spec, identity.instance_id(config, spec, generation)),
+                "network-config": render.network_config(config, spec),
+            },
+        )
+        self.seed = libvirt.Volume(
             f"{name}-seed",
-            name=identity.seed_volume_name(spec, generation),
+            name=seed_name,
             pool=args.pool_name,
-            # Carries the node's private host key.
-            user_data=pulumi.Output.secret(render.user_data(config, spec, host_key)),
-            meta_data=render.meta_data(spec, identity.instance_id(config, spec, generation)),
-            network_config=render.network_config(config, spec),
+            source=str(seed_iso),
+            format="raw",
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after), delete_before_replace=True),
         )
         # The generation in the name: a new seed, image or size makes a new disk, hence a new domain.
@@ -72,14 +78,14 @@ class Node(pulumi.ComponentResource):
             # Read back by preflight, which refuses to rebuild a running control plane.
             description=machine.description,
             type=config.domain_type,
-            # The cloud-init ISO is an IDE cdrom, which q35 lacks: keep i440fx.
+            # i440fx, as the stacks made before have: a new machine type would replace every domain.
             machine="pc",
             vcpu=spec.vcpu,
             memory=spec.memory_mib,
             # host-passthrough needs hardware virtualisation; under emulation QEMU's default CPU applies.
             cpu=libvirt.DomainCpuArgs(mode="host-passthrough") if config.domain_type == "kvm" else None,
-            cloudinit=self.seed.id,
-            disks=[libvirt.DomainDiskArgs(volume_id=self.disk.id)],
+            # The seed is a second virtio disk; NoCloud finds it by its label on any block device.
+            disks=[libvirt.DomainDiskArgs(volume_id=self.disk.id), libvirt.DomainDiskArgs(volume_id=self.seed.id)],
             network_interfaces=[
                 # The address is static, from the seed's network-config; no `addresses` (nor the
                 # `hostname` that only labels them): provider v0.8.1 reads them back from DHCP leases,
@@ -103,8 +109,7 @@ class Node(pulumi.ComponentResource):
             autostart=True,
             running=True,
             qemu_agent=False,
-            # Never swap a new seed into this domain (the provider would, and cloud-init would ignore it).
-            opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["cloudinit"], delete_before_replace=True),
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
         self.ready = remote.Command(
             f"{name}-ready",

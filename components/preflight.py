@@ -4,7 +4,7 @@
 `run_preflight` gathers, checks and raises one `PreflightError` listing them all.
 
 Which checks apply:
-- always: virsh present, libvirt reachable, mkisofs (the provider builds the cloud-init ISO on the Pulumi host),
+- always: virsh present, libvirt reachable, an ISO tool (the cloud-init seeds are built on the Pulumi host),
   ssh (the join and leave steps run it there), ssh-key, network overlap with other libvirt networks,
   KVM offered by libvirt's capabilities (remote URIs only), and that `up` would neither rebuild the
   running control plane (given what the program would build for it) nor resize it (a new domain).
@@ -179,17 +179,14 @@ def _check_kvm_device(config: ClusterConfig, facts: HostFacts) -> list[Preflight
 
 
 def _check_mkisofs(config: ClusterConfig, facts: HostFacts) -> list[PreflightProblem]:
-    # terraform-provider-libvirt v0.8.x runs exactly `mkisofs` (libvirt/cloudinit_def.go) on the Pulumi host.
-    if facts.mkisofs_path is not None:
+    # The program builds each node's cloud-init ISO on the Pulumi host (components/seed.py), with any one.
+    if facts.mkisofs_path or facts.genisoimage_path or facts.xorrisofs_path:
         return []
-    alternative = facts.genisoimage_path or facts.xorrisofs_path
-    if alternative:
-        fix = f"link it: `sudo ln -s {alternative} /usr/local/bin/mkisofs`"
-    else:
-        fix = "`sudo apt-get install genisoimage` (Debian/Ubuntu: it provides mkisofs; Fedora: dnf install genisoimage)"
-    observed = "mkisofs is not on PATH; the libvirt provider runs it on this machine to build cloud-init disks"
-    if alternative:
-        observed += f" (found {alternative}, which the provider does not look for)"
+    observed = (
+        "none of genisoimage, mkisofs, xorrisofs is on PATH; kube-on-air builds each node's cloud-init ISO "
+        "on this machine with one of them"
+    )
+    fix = "`sudo apt-get install genisoimage` (Fedora: `sudo dnf install genisoimage`)"
     return [PreflightProblem("mkisofs", observed, fix)]
 
 

@@ -412,6 +412,7 @@ def test_render_says_when_graphviz_is_missing(
     no_dot = tmp_path / "bin"
     no_dot.mkdir()
     (no_dot / "ssh-keygen").symlink_to(shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen")  # for the host keys
+    (no_dot / "genisoimage").symlink_to(shutil.which("genisoimage") or "/usr/bin/genisoimage")  # for the seeds
     monkeypatch.setenv("PATH", str(no_dot))
     host_keys = f"hostKeyDir={tmp_path / 'host-keys'}"
     argv = ["--stack", "air", "--out", str(tmp_path / "out"), "--set", f"sshKeyPath={ssh_key}", "--set", host_keys]

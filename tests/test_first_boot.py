@@ -19,6 +19,7 @@ import pytest
 
 from components import render
 from tests.conftest import NS, air_config
+from tests.seeds import seed_of
 from tests.validators import embedded_scripts
 from tools.dryrun import Evaluation, evaluate, stack_config
 
@@ -125,7 +126,7 @@ class Node:
 
 def installer_script(evaluation: Evaluation) -> str:
     """The installer exactly as work11's user-data writes it."""
-    user_data = evaluation.named("work11-seed").plain("userData")
+    user_data = seed_of(evaluation, "work11")["user-data"]
     (installer,) = [content for path, content in embedded_scripts(user_data) if path == render.INSTALLER_PATH]
     return installer
 

@@ -103,7 +103,8 @@ def qemu_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local: str | Non
         (f'"{POOL}/**" r,\n', False),  # read-only: QEMU writes the overlay
         (f'"{POOL}/**" rw,\n', False),  # no `k`: QEMU locks its images
         (f'"{POOL}/**" rk,\n', False),  # the overlay is written
-        (f'"{POOL}/**" rk,\n"{POOL}/head10-[0-9a-f]*.qcow2" rwk,\n', True),  # writable where it writes
+        (f'"{POOL}/**" rk,\n"{POOL}/head10-*" rwk,\n', True),  # writable where it writes
+        (f'"{POOL}/**" rk,\n"{POOL}/head10-[0-9a-f]*.qcow2" rwk,\n', False),  # the seed disk is writable too
         (f'"{POOL}/**" rwk,\ndeny {POOL}/*.iso k,\n', False),  # a deny takes away what it names
         (f'# "{POOL}/**" rwk,\n', False),  # commented out
         ("", False),  # the file Debian ships: empty

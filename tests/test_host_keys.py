@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from tests.conftest import air_config
+from tests.seeds import seed_of, seed_volumes
 from tools.dryrun import Evaluation, evaluate
 
 REMOTE = "command:remote:Command"
-SEED = "libvirt:index/cloudInitDisk:CloudInitDisk"
 
 
 def two_fields(key: str) -> str:
@@ -22,11 +22,11 @@ def two_fields(key: str) -> str:
 def installed_host_keys(evaluation: Evaluation) -> dict[str, str]:
     """node -> the ed25519 public key its cloud-init seed installs."""
     keys = {}
-    for seed in evaluation.of_type(SEED):
-        assert seed.is_secret("userData"), f"{seed.name}: user-data carries a private host key, it must be secret"
-        ssh_keys = yaml.safe_load(seed.plain("userData"))["ssh_keys"]
+    for volume in seed_volumes(evaluation):
+        node = volume.name.removesuffix("-seed")
+        ssh_keys = yaml.safe_load(seed_of(evaluation, node)["user-data"])["ssh_keys"]
         assert "PRIVATE KEY" in ssh_keys["ed25519_private"]
-        keys[seed.name.removesuffix("-seed")] = two_fields(ssh_keys["ed25519_public"])
+        keys[node] = two_fields(ssh_keys["ed25519_public"])
     return keys
 
 

@@ -70,7 +70,7 @@ def test_instance_id_and_volume_names_carry_the_generation(config: ClusterConfig
     assert len(generation) == identity.GENERATION_HEX
     cp = config.control_plane
     assert identity.disk_volume_name(cp, generation) == f"head10-{generation}.qcow2"
-    assert identity.seed_volume_name(cp, generation) == f"head10-seed-{generation}.iso"
+    assert identity.seed_volume_name(cp, generation) == f"head10-cidata-{generation}.iso"
     meta_data = render.meta_data(cp, identity.instance_id(config, cp, generation))
     assert f'instance-id: "t-head10-{generation}"' in meta_data
 

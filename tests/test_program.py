@@ -15,6 +15,7 @@ import yaml
 
 from components import access, render
 from tests.conftest import air_config
+from tests.seeds import seed_of, seed_volumes
 from tools.dryrun import (
     FAKE_PROVIDER_ACCESS,
     FAKE_SA_TOKEN,
@@ -27,7 +28,6 @@ from tools.dryrun import (
 
 DOMAIN = "libvirt:index/domain:Domain"
 VOLUME = "libvirt:index/volume:Volume"
-SEED = "libvirt:index/cloudInitDisk:CloudInitDisk"
 REMOTE = "command:remote:Command"
 LOCAL = "command:local:Command"
 K8S_PROVIDER = "pulumi:providers:kubernetes"
@@ -43,7 +43,7 @@ def test_air_stack_registers_the_seed_cluster(air: Evaluation) -> None:
     overlays = [v for v in air.of_type(VOLUME) if v.plain("baseVolumeId")]
     assert len(overlays) == 4
     assert {v.plain("size") for v in overlays} == {20 * 1024**3}
-    assert len(air.of_type(SEED)) == 4
+    assert sorted(v.plain("name").split("-")[0] for v in seed_volumes(air)) == sorted(domains(air))
     assert [r.name for r in air.of_type(REMOTE) if r.name.endswith("-init")] == ["kube-on-air-control-plane-init"]
     assert sorted(r.name for r in air.of_type(LOCAL) if r.name.endswith("-join")) == [
         f"work1{i}-kubeadm-join" for i in (1, 2, 3)
@@ -223,7 +223,7 @@ def test_scaling_adds_and_removes_workers_without_touching_the_rest(ssh_key: Pat
     one = evaluate("air", air_config(ssh_key, workerCount="1"))
     assert sorted(domains(five)) == ["head10", "work11", "work12", "work13", "work14", "work15"]
     assert sorted(domains(one)) == ["head10", "work11"]
-    assert "172.31.255.15/24" in five.named("work15-seed").plain("networkConfig")
+    assert "172.31.255.15/24" in seed_of(five, "work15")["network-config"]
     for name in ("head10", "work11"):
         # Unchanged inputs mean no replacement: scaling never rebuilds the nodes that stay.
         assert domains(five)[name].inputs == domains(air)[name].inputs == domains(one)[name].inputs
@@ -250,11 +250,10 @@ def test_a_rebuilt_worker_joins_again(ssh_key: Path, air: Evaluation) -> None:
         assert rebuilt.named(f"{other}-kubeadm-join").inputs == air.named(f"{other}-kubeadm-join").inputs
 
 
-# ForceNew arguments of terraform-provider-libvirt v0.8.1 (libvirt/resource_libvirt_{volume,cloud_init,domain}.go)
-# by their Pulumi names; for the domain, the ones this program sets. `cloudinit` is not among them.
+# ForceNew arguments of terraform-provider-libvirt v0.8.1 (libvirt/resource_libvirt_{volume,domain}.go)
+# by their Pulumi names; for the domain, the ones this program sets.
 FORCE_NEW = {
     VOLUME: {"name", "pool", "source", "size", "format", "baseVolumeId"},
-    SEED: {"name", "pool", "userData", "metaData", "networkConfig"},
     DOMAIN: {"name", "description", "type", "vcpu", "memory", "cpu", "disks", "graphics"},
 }
 
@@ -282,12 +281,11 @@ def planned_replacements(before: Evaluation, after: Evaluation) -> set[str]:
 
 
 def test_a_changed_seed_rebuilds_its_nodes_and_nothing_else(ssh_key: Path, air: Evaluation) -> None:
-    # The provider would swap a new seed into the running domain, where cloud-init never reads it again.
+    # A new seed under a running domain would never be read again: it comes with a new disk and VM.
     newer = evaluate("air", air_config(ssh_key, kubernetesVersion="1.34.3"))
     nodes = sorted(domains(air))
     assert planned_replacements(air, newer) == {f"{n}-{part}" for n in nodes for part in ("disk", "seed", "vm")}
     for name in nodes:
-        assert newer.named(f"{name}-vm").replace_on_changes == ["cloudinit"]
         assert instance_id(newer, name) != instance_id(air, name)
     # A bigger VM is a new domain on the same disk and seed: a reboot, not a new machine.
     bigger = evaluate("air", air_config(ssh_key, workerMemoryMiB="2048"))
@@ -297,7 +295,7 @@ def test_a_changed_seed_rebuilds_its_nodes_and_nothing_else(ssh_key: Path, air: 
 
 def instance_id(evaluation: Evaluation, node: str) -> str:
     """The seed's instance-id, checked against the generation in its disk's name."""
-    meta_data = yaml.safe_load(evaluation.named(f"{node}-seed").plain("metaData"))
+    meta_data = yaml.safe_load(seed_of(evaluation, node)["meta-data"])
     generation = evaluation.named(f"{node}-disk").plain("name").removeprefix(f"{node}-").removesuffix(".qcow2")
     assert meta_data["instance-id"] == f"{evaluation.stack}-{node}-{generation}"
     return str(meta_data["instance-id"])
@@ -353,10 +351,10 @@ def test_calico_replaces_kube_router(variants: dict[str, Evaluation]) -> None:
 
 
 def test_prebaked_images_skip_package_installation(variants: dict[str, Evaluation], air: Evaluation) -> None:
-    for seed in variants["prebaked"].of_type(SEED):
-        assert "koa-install-kubernetes" not in seed.plain("userData")
-    for seed in air.of_type(SEED):
-        assert "kubeadm=${version}-*" in seed.plain("userData")
+    for node in domains(variants["prebaked"]):
+        assert "koa-install-kubernetes" not in seed_of(variants["prebaked"], node)["user-data"]
+    for node in domains(air):
+        assert "kubeadm=${version}-*" in seed_of(air, node)["user-data"]
     assert variants["prebaked"].of_type("kube-on-air:workloads:Workloads") == []
 
 
@@ -524,7 +522,7 @@ def test_every_nic_input_is_what_the_provider_reads_back(air: Evaluation) -> Non
     for domain in air.of_type("libvirt:index/domain:Domain"):
         (nic,) = domain.plain("networkInterfaces")
         assert set(nic) <= NIC_READ_BACK, f"{domain.name}: {sorted(set(nic) - NIC_READ_BACK)} are not read back"
-        network = air.named(domain.name.replace("-vm", "-seed")).plain("networkConfig")
+        network = seed_of(air, domain.name.removesuffix("-vm"))["network-config"]
         assert "dhcp4: false" in network and nic["mac"].lower() in network, network
 
 

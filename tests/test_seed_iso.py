@@ -1,77 +1,89 @@
-"""The preflight's mkisofs advice (link genisoimage or xorrisofs as mkisofs) keeps the seed readable.
+"""The seed ISO the program builds (components/seed.py), read back by a pure-Python ISO 9660 reader.
 
-terraform-provider-libvirt v0.8.1 (libvirt/cloudinit_def.go) builds the cloud-init disk with exactly
-`mkisofs -output <iso> -volid cidata -joliet -rock user-data meta-data network-config` and, on
-refresh, reads the ISO back and takes the files by those fixed names. Here both tools the advice may
-link build the ISO that way, and a pure-Python ISO 9660 reader (pycdlib) reads it back: the names
-must be the same under every naming an ISO 9660 reader may use (plain ISO 9660, Joliet, Rock Ridge),
-and the files must hold what went in.
+cloud-init's NoCloud finds the seed by its label and reads the files by fixed lower-case names, which
+must hold under every naming a reader may use (Rock Ridge, Joliet). Level 2 (a node booting from it)
+is tests/vm; here: what goes in comes out, whichever tool builds it, and what it carries stays private.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
-from io import BytesIO
+import stat
 from pathlib import Path
 
 import pycdlib
 import pytest
 
-SEED = {
+from components import seed
+from tests.seeds import read_iso
+
+TEXTS = {
     "user-data": "#cloud-config\nhostname: head10\n",
     "meta-data": "instance-id: t-head10-0123456789\nlocal-hostname: head10\n",
     "network-config": "version: 2\nethernets: {}\n",
 }
-TOOLS = ("genisoimage", "xorrisofs")
+NAME = "head10-cidata-0123456789.iso"
 
 
-def provider_iso(tool: str, directory: Path) -> Path:
-    """The seed ISO as the provider's mkisofs call makes it, with `tool` linked in as mkisofs."""
-    directory.mkdir()
-    for name, text in SEED.items():
-        (directory / name).write_text(text)
-    (directory / "mkisofs").symlink_to(shutil.which(tool) or tool)
-    iso = directory / "seed.iso"
-    files = [str(directory / name) for name in SEED]
-    command = [str(directory / "mkisofs"), "-output", str(iso), "-volid", "cidata", "-joliet", "-rock", *files]
-    subprocess.run(command, check=True, capture_output=True, timeout=60)
-    return iso
-
-
-def read_back(iso_path: Path) -> dict[str, object]:
+def joliet_names(iso_path: Path) -> list[str]:
     iso = pycdlib.PyCdlib()
     iso.open(str(iso_path))
     try:
-        children = [c for c in iso.list_children(iso_path="/") if not (c.is_dot() or c.is_dotdot())]
-        contents = {}
-        for name in SEED:
-            out = BytesIO()
-            iso.get_file_from_iso_fp(out, rr_path=f"/{name}")
-            contents[name] = out.getvalue().decode()
-        return {
-            "volume": iso.pvd.volume_identifier.decode().strip(),
-            "iso9660": sorted(c.file_identifier().decode() for c in children),
-            "rock-ridge": sorted(c.rock_ridge.name().decode() for c in children if c.rock_ridge),
-            "joliet": sorted(
-                c.file_identifier().decode("utf-16-be")
-                for c in iso.list_children(joliet_path="/")
-                if not (c.is_dot() or c.is_dotdot())
-            ),
-            "contents": contents,
-        }
+        children = iso.list_children(joliet_path="/")
+        return sorted(c.file_identifier().decode("utf-16-be") for c in children if not (c.is_dot() or c.is_dotdot()))
     finally:
         iso.close()
 
 
-# Not among make test's system dependencies (tests/test_makefile.py pins that list): apt-get install
-# genisoimage xorriso to run it.
-@pytest.mark.skipif(any(shutil.which(tool) is None for tool in TOOLS), reason="apt-get install genisoimage xorriso")
-def test_xorrisofs_as_mkisofs_reads_back_like_genisoimage(tmp_path: Path) -> None:
-    seen = {tool: read_back(provider_iso(tool, tmp_path / tool)) for tool in TOOLS}
-    assert seen["xorrisofs"] == seen["genisoimage"]
-    reference = seen["genisoimage"]
-    assert reference["volume"] == "cidata", "cloud-init's NoCloud finds the seed by this label"
-    assert reference["rock-ridge"] == reference["joliet"] == sorted(SEED)
-    assert reference["iso9660"] == ["META_DAT.;1", "NETWORK_.;1", "USER_DAT.;1"], "the same 8.3 names from both"
-    assert reference["contents"] == SEED
+def only_tool(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tool: str) -> None:
+    """PATH holding nothing but `tool` (under its own name), as on a host with only that package."""
+    found = shutil.which(tool)
+    if found is None:
+        pytest.skip(f"{tool} is not installed (apt-get install {'xorriso' if tool == 'xorrisofs' else tool})")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+
+@pytest.mark.parametrize("tool", seed.ISO_TOOLS)
+def test_each_tool_builds_a_seed_cloud_init_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str) -> None:
+    only_tool(monkeypatch, tmp_path, tool)
+    iso = seed.write_iso(tmp_path / "seeds", NAME, TEXTS)
+    assert iso == tmp_path / "seeds" / NAME
+    assert read_iso(iso) == TEXTS  # the label too (read_iso checks it)
+    assert joliet_names(iso) == sorted(TEXTS)
+
+
+def test_without_any_tool_the_error_names_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(seed.SeedBuildError, match="genisoimage, mkisofs, xorrisofs"):
+        seed.write_iso(tmp_path / "seeds", NAME, TEXTS)
+
+
+def test_the_seed_and_its_files_are_private(tmp_path: Path) -> None:
+    # user-data carries the node's private host key.
+    seeds = tmp_path / "seeds"
+    iso = seed.write_iso(seeds, NAME, TEXTS)
+    assert stat.S_IMODE(seeds.stat().st_mode) == 0o700
+    assert stat.S_IMODE(iso.stat().st_mode) == 0o600
+    for path in (seeds / NAME.removesuffix(".iso")).iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert not list(seeds.glob("*.partial"))
+
+
+def test_built_again_only_when_a_file_changed_or_the_iso_is_gone(tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds"
+    first = seed.write_iso(seeds, NAME, TEXTS).stat()
+    again = seed.write_iso(seeds, NAME, TEXTS).stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns), "rebuilt with nothing changed"
+    newer = {**TEXTS, "meta-data": "instance-id: t-head10-9876543210\nlocal-hostname: head10\n"}
+    iso = seed.write_iso(seeds, NAME, newer)
+    assert iso.stat().st_ino != first.st_ino and read_iso(iso) == newer
+    iso.unlink()
+    assert read_iso(seed.write_iso(seeds, NAME, newer)) == newer
+
+
+def test_a_seed_needs_exactly_the_three_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="network-config"):
+        seed.write_iso(tmp_path, NAME, {"user-data": "", "meta-data": ""})

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from components import seed
 from components.config import ConfigError, load_namespaced
 from components.render import CA_CERT_HASH_PLACEHOLDER, TOKEN_PLACEHOLDER
 from tools.dryrun import FAKE_CA_HASH, FAKE_TOKEN, ROOT, Evaluation, Resource, evaluate, stack_config, unwrap
@@ -171,15 +172,20 @@ def _write_embedded(command: Resource, out: Path) -> None:
         _write(out / "kubeadm" / f"{command.name}-config.yaml", config.replace(CA_CERT_HASH_PLACEHOLDER, FAKE_CA_HASH))
 
 
+def seed_files(evaluation: Evaluation) -> dict[str, dict[str, str]]:
+    """node -> the files its seed ISO was built from (they sit beside it, see components/seed.py)."""
+    files = {}
+    for volume in evaluation.of_type("libvirt:index/volume:Volume"):
+        if volume.name.endswith("-seed"):
+            beside = Path(volume.plain("source")).with_suffix("")
+            files[volume.name.removesuffix("-seed")] = {name: (beside / name).read_text() for name in seed.FILES}
+    return files
+
+
 def write_artifacts(evaluation: Evaluation, out: Path) -> None:
-    for seed in evaluation.of_type("libvirt:index/cloudInitDisk:CloudInitDisk"):
-        node = seed.name.removesuffix("-seed")
-        for key, filename in (
-            ("userData", "user-data"),
-            ("metaData", "meta-data"),
-            ("networkConfig", "network-config"),
-        ):
-            _write(out / "nodes" / node / filename, seed.plain(key))
+    for node, files in seed_files(evaluation).items():
+        for filename, text in files.items():
+            _write(out / "nodes" / node / filename, text)
         # user-data holds the node's private host key: readable by you only, as the stack secret it is.
         (out / "nodes" / node / "user-data").chmod(0o600)
     for command in evaluation.of_type("command:remote:Command") + evaluation.of_type("command:local:Command"):

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+from components import seed
+
 URI = "qemu:///system"
 LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")
 VIRTLOGD_PIDFILE = Path("/run/virtlogd.pid")
@@ -194,7 +196,7 @@ class KernelBoot:
 
 @dataclass(frozen=True)
 class DomainSpec:
-    """Mirrors pulumi-libvirt's Domain: pc machine, virtio disk + NIC, IDE cdrom seed, pty serial console, VNC."""
+    """Mirrors components/node.py's Domain: pc machine, virtio disk, seed disk and NIC, pty serial console, VNC."""
 
     name: str
     domain_type: str  # "kvm" or "qemu"
@@ -234,11 +236,11 @@ class DomainSpec:
         ET.SubElement(disk, "driver", name="qemu", type="qcow2")
         ET.SubElement(disk, "source", pool=self.pool, volume=self.disk_volume)
         ET.SubElement(disk, "target", dev="vda", bus="virtio")
-        cdrom = ET.SubElement(devices, "disk", type="volume", device="cdrom")
-        ET.SubElement(cdrom, "driver", name="qemu", type="raw")
-        ET.SubElement(cdrom, "source", pool=self.pool, volume=self.seed_volume)
-        ET.SubElement(cdrom, "target", dev="hdd", bus="ide")
-        ET.SubElement(cdrom, "readonly")
+        # As provider v0.8.1 attaches a raw volume_id disk: the next virtio disk, writable.
+        seed = ET.SubElement(devices, "disk", type="volume", device="disk")
+        ET.SubElement(seed, "driver", name="qemu", type="raw")
+        ET.SubElement(seed, "source", pool=self.pool, volume=self.seed_volume)
+        ET.SubElement(seed, "target", dev="vdb", bus="virtio")
         nic = ET.SubElement(devices, "interface", type="network")
         ET.SubElement(nic, "mac", address=self.mac)
         ET.SubElement(nic, "source", network=self.network)
@@ -476,16 +478,11 @@ class LibvirtHost:
 
 
 def make_seed_iso(source_dir: Path, dest: Path) -> Path:
-    """A NoCloud seed as pulumi-libvirt's CloudInitDisk builds it: ISO 9660, volume label cidata."""
-    names = [n for n in ("user-data", "meta-data", "network-config") if (source_dir / n).is_file()]
-    if "user-data" not in names or "meta-data" not in names:
-        raise HostError(f"{source_dir} lacks user-data or meta-data")
-    run(
-        ["genisoimage", "-quiet", "-output", str(dest), "-volid", "cidata", "-joliet", "-rock",
-         *[str(source_dir / n) for n in names]],
-        timeout=60,
-    )  # fmt: skip
-    return dest
+    """The NoCloud seed exactly as the program builds it (components/seed.py) from a rendered node directory."""
+    missing = [name for name in seed.FILES if not (source_dir / name).is_file()]
+    if missing:
+        raise HostError(f"{source_dir} lacks {', '.join(missing)}")
+    return seed.write_iso(dest.parent, dest.name, {name: (source_dir / name).read_text() for name in seed.FILES})
 
 
 DEV_KVM = Path("/dev/kvm")
