@@ -409,6 +409,8 @@ def _check_control_plane(
     if expected is None or deployed is None:
         return []  # nothing built yet (or gone): building it is what `up` is for
     if identity.disk_volume_name(config.control_plane, expected.generation) in deployed.disk_volumes:
+        if identity.seed_volume_name(config.control_plane, expected.generation) not in deployed.disk_volumes:
+            return [_seed_attached_before(name)]
         return _check_control_plane_size(config, deployed)
     recorded = identity.parse_description(deployed.description)
     if recorded is None:
@@ -427,6 +429,20 @@ def _check_control_plane(
             f"(skipping the preflight with {SKIP_ENV}=1 lets `up` break the cluster)",
         )
     ]
+
+
+def _seed_attached_before(name: str) -> PreflightProblem:
+    # Until the seed was a plain volume (components/seed.py) it was the provider's CloudInitDisk, a cdrom:
+    # the new seed disk changes the domain's `disks`, which only a new domain can have.
+    return PreflightProblem(
+        "control-plane",
+        f"the control plane {name} was built by an earlier kube-on-air, with its cloud-init seed as the libvirt "
+        "provider's cloud-init disk; this one attaches the seed as a volume, so `pulumi up` would give it a new "
+        "domain, replacing kubeadm init and the kubeconfig and, through the Kubernetes provider, every Kubernetes "
+        "object of this stack",
+        "keep using the kube-on-air version that built the cluster, or rebuild the whole cluster on purpose: "
+        f"`pulumi destroy`, then `pulumi up` (skipping the preflight with {SKIP_ENV}=1 lets `up` do that)",
+    )
 
 
 def control_plane_size_changes(config: ClusterConfig, deployed: StackDomain) -> list[tuple[str, str, str]]:

@@ -406,6 +406,20 @@ def test_longest_chain_is_the_same_whatever_order_the_graph_iterates_in() -> Non
             assert longest_chain(graph) == ["a1", "a2", "top"], "ties go to the URN that sorts first"
 
 
+def test_render_says_when_no_iso_tool_is_there(
+    tmp_path: Path, ssh_key: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "ssh-keygen").symlink_to(shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen")
+    monkeypatch.setenv("PATH", str(bare))
+    host_keys = f"hostKeyDir={tmp_path / 'host-keys'}"
+    argv = ["--stack", "air", "--out", str(tmp_path / "out"), "--set", f"sshKeyPath={ssh_key}", "--set", host_keys]
+    assert render.main(argv) == 1
+    assert "none of genisoimage, mkisofs, xorrisofs is on PATH" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "host-keys").exists()
+
+
 def test_render_says_when_graphviz_is_missing(
     tmp_path: Path, ssh_key: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -204,21 +204,30 @@ def test_parsers() -> None:
 
 
 def provider_domain_xml(name: str, pool: str, memory: str = "<memory unit='KiB'>2097152</memory>") -> str:
-    """A domain as provider v0.8.1 defines it: volume_id disks by pool and volume, the seed as a cdrom."""
+    """A domain as provider v0.8.1 defines it: volume_id disks (the node's, then its seed) by pool and volume."""
     return (
         f"<domain type='kvm'><name>{name}</name>{memory}<vcpu placement='static'>2</vcpu><devices>"
         f"<disk type='volume' device='disk'><source pool='{pool}' volume='{name}-0123456789.qcow2'/></disk>"
-        f"<disk type='volume' device='cdrom'><source pool='{pool}' volume='{name}-seed-0123456789.iso'/></disk>"
+        f"<disk type='volume' device='disk'><source pool='{pool}' volume='{name}-cidata-0123456789.iso'/></disk>"
         "</devices></domain>"
     )
 
 
 def test_domain_and_volume_parsers() -> None:
+    volumes = ("head10-0123456789.qcow2", "head10-cidata-0123456789.iso")
     ours = hf.parse_domain_xml(provider_domain_xml("head10", "koa-t"), "koa-t", running=["head10"])
-    assert ours == StackDomain("head10", 2048, True, ("head10-0123456789.qcow2",), "", vcpu=2, domain_type="kvm")
+    assert ours == StackDomain("head10", 2048, True, volumes, "", vcpu=2, domain_type="kvm")
     other_stack = provider_domain_xml("head10", "koa-lab", "<memory unit='MiB'>4096</memory>")
     assert hf.parse_domain_xml(other_stack, "koa-lab", running=[]) == StackDomain(
-        "head10", 4096, False, ("head10-0123456789.qcow2",), "", vcpu=2, domain_type="kvm"
+        "head10", 4096, False, volumes, "", vcpu=2, domain_type="kvm"
+    )
+    # An earlier kube-on-air's seed, the provider's cloud-init disk: a cdrom, not among the disk volumes.
+    earlier = provider_domain_xml("head10", "koa-t").replace(
+        "device='disk'><source pool='koa-t' volume='head10-cidata",
+        "device='cdrom'><source pool='koa-t' volume='head10-seed",
+    )
+    assert hf.parse_domain_xml(earlier, "koa-t", running=[]) == StackDomain(
+        "head10", 2048, False, volumes[:1], "", vcpu=2, domain_type="kvm"
     )
     assert hf.parse_domain_xml(other_stack, "koa-t", running=["head10"]) is None
     # `virsh -q vol-list --details` as libvirt 9 prints it.

@@ -286,8 +286,9 @@ def built(config: ClusterConfig, disk: str | None = None, description: str | Non
     cp = config.control_plane
     made = identity.node_identity(config, cp, HOST_KEY)
     disk = identity.disk_volume_name(cp, made.generation) if disk is None else disk
+    seed = identity.seed_volume_name(cp, made.generation)
     description = made.description if description is None else description
-    return StackDomain(cp.libvirt_name, cp.memory_mib, True, (disk,), description, cp.vcpu, config.domain_type)
+    return StackDomain(cp.libvirt_name, cp.memory_mib, True, (disk, seed), description, cp.vcpu, config.domain_type)
 
 
 def plan(config: ClusterConfig) -> identity.NodeIdentity:
@@ -316,6 +317,18 @@ def test_a_control_plane_from_an_earlier_kube_on_air_is_not_rebuilt_silently(con
     earlier = healthy(stack_domains=(built(config, disk="head10.qcow2", description=""),))
     problem = only(pf.check(config, earlier, plan(config)), "control-plane")
     assert_says(problem, ["head10.qcow2", "earlier kube-on-air"], ["kube-on-air version that built", "pulumi destroy"])
+
+
+def test_a_control_plane_seeded_by_a_cloud_init_disk_is_not_given_a_new_domain_silently(
+    config: ClusterConfig,
+) -> None:
+    """Before the seeds were volumes, the provider's CloudInitDisk was a cdrom, not among the domain's disk
+    volumes: the same disk, but the seed disk the program now adds would replace the domain."""
+    current = built(config)
+    earlier = dataclasses.replace(current, disk_volumes=current.disk_volumes[:1])
+    problem = only(pf.check(config, healthy(stack_domains=(earlier,)), plan(config)), "control-plane")
+    assert_says(problem, ["earlier kube-on-air", "cloud-init disk", "new domain"], ["pulumi destroy"])
+    assert pf.check(config, healthy(stack_domains=(current,)), plan(config)) == []
 
 
 def test_workers_are_rebuilt_not_refused(ssh_key: Path, config: ClusterConfig) -> None:

@@ -276,6 +276,12 @@ def render_stack(stack: str, overrides: dict[str, str], out_dir: Path) -> Path:
         load_namespaced(config, stack)
     except ConfigError as err:
         raise ConfigError(err.problems, how_to_fix(stack)) from None
+    if seed.iso_tool() is None:
+        # As `pulumi preview` would (its preflight says the same), before anything is written.
+        raise RenderError(
+            f"none of {', '.join(seed.ISO_TOOLS)} is on PATH: each node's cloud-init seed is an ISO built "
+            "on this machine; install one: sudo apt-get install genisoimage"
+        )
     evaluation = evaluate(stack, config, test_host_key_dir=False)
     if evaluation.error:
         raise RuntimeError(evaluation.error)
