@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -44,41 +45,51 @@ def iso_tool() -> str | None:
     return next((path for path in map(shutil.which, ISO_TOOLS) if path), None)
 
 
-def _write_private(path: Path, text: str) -> bool:
-    """Write `text` (mode 0600) unless the file already holds it; True if it was written."""
-    if path.exists() and path.read_text() == text:
-        return False
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_private(path: Path, text: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
-    return True
 
 
 def _build_iso(tool: str, files: Path, iso: Path) -> None:
-    partial = iso.with_name(iso.name + ".partial")
     sources = [str(files / name) for name in FILES]
     # Rock Ridge and Joliet keep the lower-case names cloud-init looks for, under every ISO reader.
-    command = [tool, "-output", str(partial), "-volid", LABEL, "-joliet", "-rock", *sources]
+    command = [tool, "-output", str(iso), "-volid", LABEL, "-joliet", "-rock", *sources]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise SeedBuildError(f"{Path(tool).name} could not build {iso}: {result.stderr.strip()[-500:]}")
-    partial.chmod(0o600)
-    partial.replace(iso)
+        raise SeedBuildError(f"{Path(tool).name} could not build {iso.name}: {result.stderr.strip()[-500:]}")
+    iso.chmod(0o600)
+
+
+def _is_current(iso: Path, files: Path, texts: Mapping[str, str]) -> bool:
+    return iso.exists() and all(
+        (files / name).is_file() and (files / name).read_text() == texts[name] for name in FILES
+    )
 
 
 def write_iso(seeds: Path, volume_name: str, texts: Mapping[str, str]) -> Path:
-    """`seeds/<volume_name>`, holding exactly `texts` (file name -> text, the names of FILES)."""
+    """`seeds/<volume_name>`, holding exactly `texts` (file name -> text, the names of FILES).
+
+    Built in a private scratch directory and renamed into place, so evaluations running side by side
+    (a preview beside an up, parallel tests) never read a half-written seed."""
     if sorted(texts) != sorted(FILES):
         raise ValueError(f"a seed needs exactly {FILES}, got {sorted(texts)}")
     files = seeds / volume_name.removesuffix(ISO_SUFFIX)
-    files.mkdir(mode=0o700, parents=True, exist_ok=True)
-    seeds.chmod(0o700)
-    changed = [_write_private(files / name, texts[name]) for name in FILES]
     iso = seeds / volume_name
-    if any(changed) or not iso.exists():
-        tool = iso_tool()
-        if tool is None:
-            raise SeedBuildError(f"none of {', '.join(ISO_TOOLS)} is on PATH to build {iso}")
-        _build_iso(tool, files, iso)
+    if _is_current(iso, files, texts):
+        return iso
+    tool = iso_tool()
+    if tool is None:
+        raise SeedBuildError(f"none of {', '.join(ISO_TOOLS)} is on PATH to build {iso}")
+    seeds.mkdir(mode=0o700, parents=True, exist_ok=True)
+    seeds.chmod(0o700)
+    files.mkdir(mode=0o700, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=seeds, prefix=".build-") as scratch:
+        built = Path(scratch)
+        for name in FILES:
+            _write_private(built / name, texts[name])
+        _build_iso(tool, built, built / volume_name)
+        (built / volume_name).replace(iso)
+        for name in FILES:
+            (built / name).replace(files / name)
     return iso
