@@ -528,8 +528,10 @@ def test_every_nic_input_is_what_the_provider_reads_back(air: Evaluation) -> Non
 
 def test_libvirt_works_on_one_node_at_a_time(air: Evaluation) -> None:
     """The real first `up` hung once in a seed's ISO read-back (a go-libvirt stream deadlock on the
-    provider's one connection) while two disks were being created beside it: each seed now waits for
-    the previous node's VM (the first for the network and base image), and its disk waits for it."""
+    provider's one connection) while two disks were being created beside it. Seeds are no longer read
+    back (components/seed.py); the creates still line up, so at most one volume upload streams at a
+    time: each seed waits for the previous node's VM (the first for the network and base image), and
+    its disk waits for it."""
     order = ["head10", "work11", "work12", "work13"]
     first = air.depends_on(air.named("head10-seed"))
     assert {air.named("kube-on-air-network-net").urn, air.named("kube-on-air-images-base").urn} <= first
