@@ -59,7 +59,10 @@ class Node(pulumi.ComponentResource):
             name=seed_name,
             pool=args.pool_name,
             source=str(seed_iso),
-            format="raw",
+            # What libvirt's dir pool reads back for an ISO 9660 file (it probes the upload): given "raw",
+            # the state said "iso" and the next `up` replaced every seed, VM and everything on them.
+            # The domain attaches it as raw either way (provider v0.8.1's default disk driver).
+            format="iso",
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after), delete_before_replace=True),
         )
         # The generation in the name: a new seed, image or size makes a new disk, hence a new domain.

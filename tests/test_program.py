@@ -526,6 +526,19 @@ def test_every_nic_input_is_what_the_provider_reads_back(air: Evaluation) -> Non
         assert "dhcp4: false" in network and nic["mac"].lower() in network, network
 
 
+def test_every_volume_format_is_what_libvirt_reads_back(air: Evaluation) -> None:
+    """libvirt's dir pool probes each volume's file and reports its format; provider v0.8.1 reads that
+    back into `format`, a ForceNew input. The real second `up` replaced both seeds (declared "raw",
+    read back "iso", as `virsh vol-dumpxml` shows after an upload) and every VM and step on them."""
+    for volume in air.of_type(VOLUME):
+        source = volume.plain("source")
+        if volume.name.endswith("-seed"):
+            assert Path(source).read_bytes()[32769:32774] == b"CD001", "an ISO 9660 file, as libvirt probes it"
+            assert volume.plain("format") == "iso", volume.name
+        else:
+            assert volume.plain("format") == "qcow2", volume.name
+
+
 def test_libvirt_works_on_one_node_at_a_time(air: Evaluation) -> None:
     """The real first `up` hung once in a seed's ISO read-back (a go-libvirt stream deadlock on the
     provider's one connection) while two disks were being created beside it. Seeds are no longer read
