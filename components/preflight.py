@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from itertools import islice
 from urllib.parse import urlsplit
 
-from components import identity
+from components import identity, seed
 from components.config import BASE_VOLUME, DOMAIN_TYPES, NAMESPACE, ClusterConfig
 from components.host_facts import (
     QEMU_ABSTRACTION,
@@ -182,10 +182,7 @@ def _check_mkisofs(config: ClusterConfig, facts: HostFacts) -> list[PreflightPro
     # The program builds each node's cloud-init ISO on the Pulumi host (components/seed.py), with any one.
     if facts.mkisofs_path or facts.genisoimage_path or facts.xorrisofs_path:
         return []
-    observed = (
-        "none of genisoimage, mkisofs, xorrisofs is on PATH; kube-on-air builds each node's cloud-init ISO "
-        "on this machine with one of them"
-    )
+    observed = f"{seed.NO_TOOL}; kube-on-air builds each node's cloud-init ISO on this machine with one of them"
     fix = "`sudo apt-get install genisoimage` (Fedora: `sudo dnf install genisoimage`)"
     return [PreflightProblem("mkisofs", observed, fix)]
 

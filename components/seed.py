@@ -31,6 +31,7 @@ LABEL = "cidata"
 # Any one of these builds the ISO; genisoimage and xorrisofs take mkisofs' options.
 ISO_TOOLS = ("genisoimage", "mkisofs", "xorrisofs")
 ISO_SUFFIX = ".iso"
+NO_TOOL = f"none of {', '.join(ISO_TOOLS)} is on PATH"
 
 
 class SeedBuildError(RuntimeError):
@@ -39,6 +40,11 @@ class SeedBuildError(RuntimeError):
 
 def directory(config: ClusterConfig) -> Path:
     return Path(config.host_key_dir) / "seeds"
+
+
+def files_beside(iso: Path) -> Path:
+    """The directory holding the files `iso` was built from."""
+    return iso.with_name(iso.name.removesuffix(ISO_SUFFIX))
 
 
 def iso_tool() -> str | None:
@@ -74,13 +80,13 @@ def write_iso(seeds: Path, volume_name: str, texts: Mapping[str, str]) -> Path:
     (a preview beside an up, parallel tests) never read a half-written seed."""
     if sorted(texts) != sorted(FILES):
         raise ValueError(f"a seed needs exactly {FILES}, got {sorted(texts)}")
-    files = seeds / volume_name.removesuffix(ISO_SUFFIX)
     iso = seeds / volume_name
+    files = files_beside(iso)
     if _is_current(iso, files, texts):
         return iso
     tool = iso_tool()
     if tool is None:
-        raise SeedBuildError(f"none of {', '.join(ISO_TOOLS)} is on PATH to build {iso}")
+        raise SeedBuildError(f"{NO_TOOL} to build {iso}")
     seeds.mkdir(mode=0o700, parents=True, exist_ok=True)
     seeds.chmod(0o700)
     files.mkdir(mode=0o700, exist_ok=True)

@@ -177,7 +177,7 @@ def seed_files(evaluation: Evaluation) -> dict[str, dict[str, str]]:
     files = {}
     for volume in evaluation.of_type("libvirt:index/volume:Volume"):
         if volume.name.endswith("-seed"):
-            beside = Path(volume.plain("source")).with_suffix("")
+            beside = seed.files_beside(Path(volume.plain("source")))
             files[volume.name.removesuffix("-seed")] = {name: (beside / name).read_text() for name in seed.FILES}
     return files
 
@@ -279,7 +279,7 @@ def render_stack(stack: str, overrides: dict[str, str], out_dir: Path) -> Path:
     if seed.iso_tool() is None:
         # As `pulumi preview` would (its preflight says the same), before anything is written.
         raise RenderError(
-            f"none of {', '.join(seed.ISO_TOOLS)} is on PATH: each node's cloud-init seed is an ISO built "
+            f"{seed.NO_TOOL}: each node's cloud-init seed is an ISO built "
             "on this machine; install one: sudo apt-get install genisoimage"
         )
     evaluation = evaluate(stack, config, test_host_key_dir=False)
