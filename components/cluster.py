@@ -10,14 +10,14 @@ import pulumi_kubernetes as k8s
 import pulumi_libvirt as libvirt
 from pulumi_command import remote
 
-from components import hostkeys, render, ssh
+from components.artifacts import hostkeys, render, ssh
+from components.artifacts.hostkeys import HostKey
 from components.cni import Cni, CniArgs
-from components.config import ClusterConfig
-from components.host_facts import KeptStore
-from components.hostkeys import HostKey
+from components.config.settings import ClusterConfig
 from components.kubeadm import ControlPlane, ControlPlaneArgs, WorkerJoin, WorkerJoinArgs
 from components.network import ClusterNetwork, ClusterNetworkArgs
 from components.node import Node, NodeArgs
+from components.preflight.facts import KeptStore
 from components.storage import ImageStore, ImageStoreArgs
 from components.timing import PhaseClock, PhaseClockArgs
 from components.workloads import Workloads, WorkloadsArgs
@@ -45,7 +45,7 @@ class Cluster(pulumi.ComponentResource):
         self.store = ImageStore(f"{name}-images", ImageStoreArgs(config, args.kept_store), on_host)
         # One node at a time (seed, disk, VM), after the network and the base image: at most one volume
         # upload streams over the provider's one libvirt connection (where a seed's download once
-        # deadlocked, see components/seed.py). It costs seconds; the boots still overlap.
+        # deadlocked, see components/artifacts/seed.py). It costs seconds; the boots still overlap.
         self.nodes: dict[str, Node] = {}
         after: list[pulumi.Resource] = [self.network.network, self.store.base_image]
         for spec in config.nodes:

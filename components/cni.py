@@ -36,8 +36,8 @@ from pulumi_kubernetes.rbac.v1 import (
     SubjectArgs,
 )
 
-from components.config import ClusterConfig
-from components.tolerances import Probe, Tolerances
+from components.config.settings import ClusterConfig
+from components.config.tolerances import Probe, Tolerances
 
 KUBE_ROUTER_IMAGE = "docker.io/cloudnativelabs/kube-router:v2.11.1"
 CALICO_MANIFEST = "https://raw.githubusercontent.com/projectcalico/calico/v3.29.3/manifests/calico.yaml"

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import local, remote
 
-from components import access, render, ssh
-from components.config import ClusterConfig, NodeSpec
+from components.artifacts import access, render, ssh
+from components.config.settings import ClusterConfig, NodeSpec
 from components.node import Node
 
 # Commands that print or handle secrets: never logged, outputs stored encrypted.
@@ -41,7 +41,7 @@ class ControlPlane(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[args.node_ready]),
         )
         self.fetch_kubeconfig = self._secret_command(f"{name}-kubeconfig", conn, render.fetch_kubeconfig_script())
-        # Not admin.conf itself: its client certificate expires after a year (see components/access.py).
+        # Not admin.conf itself: its client certificate expires after a year (see components/artifacts/access.py).
         self.kubeconfig = pulumi.Output.secret(self.fetch_kubeconfig.stdout.apply(access.provider_kubeconfig))
         self.register_outputs({"kubeconfig": self.kubeconfig})
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_libvirt as libvirt
 
-from components.config import ClusterConfig
+from components.config.settings import ClusterConfig
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import pulumi
 import pulumi_libvirt as libvirt
 from pulumi_command import remote
 
-from components import identity, render, seed, ssh
-from components.config import ClusterConfig, NodeSpec
+from components.artifacts import identity, render, seed, ssh
+from components.config.settings import ClusterConfig, NodeSpec
 
 GIB = 1024**3
 
@@ -43,7 +43,7 @@ class Node(pulumi.ComponentResource):
         host_key = args.access.host_keys[spec.name]
         machine = identity.node_identity(config, spec, host_key)
         generation = machine.generation
-        # The seed first (see components/seed.py): a volume uploaded from an ISO built here, never read back.
+        # The seed first (see components/artifacts/seed.py): a volume uploaded from an ISO built here, never read back.
         seed_name = identity.seed_volume_name(spec, generation)
         seed_iso = seed.write_iso(
             seed.directory(config),

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_libvirt as libvirt
 
-from components.config import BASE_VOLUME, ClusterConfig
-from components.host_facts import KeptStore
+from components.config.settings import BASE_VOLUME, ClusterConfig
+from components.preflight.facts import KeptStore
 
 
 @dataclass(frozen=True)

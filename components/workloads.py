@@ -35,8 +35,8 @@ from pulumi_kubernetes.core.v1 import (
 )
 from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
 
-from components.config import ClusterConfig
-from components.tolerances import Tolerances
+from components.config.settings import ClusterConfig
+from components.config.tolerances import Tolerances
 
 NAMESPACE = "kube-on-air"
 KUARD_IMAGE = "gcr.io/kuar-demo/kuard-amd64:1"

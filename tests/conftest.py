@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from components.config import ClusterConfig, load
+from components.config.settings import ClusterConfig, load
 from tools.dryrun import Evaluation, evaluate, make_ssh_key, stack_config
 
 NS = "kube-on-air"

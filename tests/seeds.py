@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pycdlib
 
-from components import seed
+from components.artifacts import seed
 from tools.dryrun import Evaluation, Resource
 
 VOLUME = "libvirt:index/volume:Volume"

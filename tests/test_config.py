@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import config as cfg
+from components.config import settings as cfg
 from tests.conftest import air_config
 from tools.dryrun import ROOT, evaluate
 

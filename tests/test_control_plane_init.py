@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from components import render, tolerances
-from components.config import ClusterConfig
+from components.artifacts import render
+from components.config import tolerances
+from components.config.settings import ClusterConfig
 from tests.conftest import cluster_config
 from tests.standins import StandInNode
 

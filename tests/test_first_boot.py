@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from components import render
+from components.artifacts import render
 from tests.conftest import NS, air_config
 from tests.seeds import seed_of
 from tests.validators import embedded_scripts

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from components import host_facts as hf
-from components import preflight as pf
-from components.config import ClusterConfig, load
-from components.host_facts import HostFacts, HostRoute, LibvirtNetwork, StackDomain, StackVolume
+from components.config.settings import ClusterConfig, load
+from components.preflight import checks as pf
+from components.preflight import facts as hf
+from components.preflight.facts import HostFacts, HostRoute, LibvirtNetwork, StackDomain, StackVolume
 from tests.conftest import cluster_config
 from tests.test_preflight import OUTSIDE_POOL, assert_says, only
 from tools.dryrun import ROOT

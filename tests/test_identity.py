@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from components import identity, render
-from components.config import ClusterConfig
-from components.hostkeys import HostKey
+from components.artifacts import identity, render
+from components.artifacts.hostkeys import HostKey
+from components.config.settings import ClusterConfig
 from tests.conftest import cluster_config
 
 HOST_KEY = HostKey(private="-----BEGIN OPENSSH PRIVATE KEY-----\nsecret\n", public="ssh-ed25519 AAAAC3Nza head10")

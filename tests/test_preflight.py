@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from components import identity
-from components import preflight as pf
-from components.config import BASE_VOLUME, ClusterConfig, load
-from components.host_facts import HostFacts, HostRoute, LibvirtNetwork, StackDomain, StackVolume
-from components.hostkeys import HostKey
-from components.preflight import PreflightError, PreflightProblem
+from components.artifacts import identity
+from components.artifacts.hostkeys import HostKey
+from components.config.settings import BASE_VOLUME, ClusterConfig, load
+from components.preflight import checks as pf
+from components.preflight.checks import PreflightError, PreflightProblem
+from components.preflight.facts import HostFacts, HostRoute, LibvirtNetwork, StackDomain, StackVolume
 from tests.conftest import cluster_config
 from tools.dryrun import ROOT
 

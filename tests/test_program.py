@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components import access, render
+from components.artifacts import access, render
 from tests.conftest import air_config
 from tests.seeds import seed_of, seed_volumes
 from tools.dryrun import (
@@ -542,7 +542,7 @@ def test_every_volume_format_is_what_libvirt_reads_back(air: Evaluation) -> None
 def test_libvirt_works_on_one_node_at_a_time(air: Evaluation) -> None:
     """The real first `up` hung once in a seed's ISO read-back (a go-libvirt stream deadlock on the
     provider's one connection) while two disks were being created beside it. Seeds are no longer read
-    back (components/seed.py); the creates still line up, so at most one volume upload streams at a
+    back (components/artifacts/seed.py); the creates still line up, so at most one volume upload streams at a
     time: each seed waits for the previous node's VM (the first for the network and base image), and
     its disk waits for it."""
     order = ["head10", "work11", "work12", "work13"]

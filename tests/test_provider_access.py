@@ -15,7 +15,8 @@ from typing import Protocol
 import pytest
 import yaml
 
-from components import access, config
+from components.artifacts import access
+from components.config import settings as config
 from tests.validators import validate_manifest
 from tools.dryrun import FAKE_CA_DATA, FAKE_PROVIDER_ACCESS, Evaluation
 

@@ -12,7 +12,7 @@ import yaml
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from components import config as cfg
+from components.config import settings as cfg
 from tools.dryrun import ROOT
 
 README = ROOT / "README.md"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from components import render
-from components.hostkeys import HostKey
+from components.artifacts import render
+from components.artifacts.hostkeys import HostKey
 from tests.conftest import air_config, cluster_config
 from tools.dryrun import Evaluation, evaluate
 

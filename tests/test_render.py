@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components.config import DEFAULTS
+from components.config.settings import DEFAULTS
 from tools import render
 from tools.dryrun import ROOT
 

@@ -1,4 +1,4 @@
-"""The seed ISO the program builds (components/seed.py), read back by a pure-Python ISO 9660 reader.
+"""The seed ISO the program builds (components/artifacts/seed.py), read back by a pure-Python ISO 9660 reader.
 
 cloud-init's NoCloud finds the seed by its label and reads the files by fixed lower-case names, which
 must hold under every naming a reader may use (Rock Ridge, Joliet). Level 2 (a node booting from it)
@@ -16,7 +16,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from components import seed
+from components.artifacts import seed
 from tests.seeds import read_iso
 
 TEXTS = {

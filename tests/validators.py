@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from components.config import DEFAULTS, NAMESPACE
+from components.config.settings import DEFAULTS, NAMESPACE
 
 Problems = list[str]
 

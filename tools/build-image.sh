@@ -75,7 +75,7 @@ if [[ -n $k8s_version ]]; then
     k8s_minor=${k8s_version%.*}
     prepull=${KOA_PREPULL_IMAGES:-1}
     [[ $prepull == 0 || $prepull == 1 ]] || die "KOA_PREPULL_IMAGES=$prepull: want 0 or 1"
-    # The program's containerd sandboxes pods with the pause image kubeadm lists (components/render.py).
+    # The program's containerd sandboxes pods with the pause image kubeadm lists (components/artifacts/render.py).
     sandbox_image=${KOA_SANDBOX_IMAGE:-}
 fi
 if [[ -n ${KOA_IMAGE_WITHOUT:-} ]]; then

@@ -26,7 +26,7 @@ FAKE_CA_HASH = "sha256:" + "ab" * 32
 FAKE_TOKEN = "abcdef.0123456789abcdef"
 FAKE_CA_DATA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nZm9v\n-----END CERTIFICATE-----\n").decode()
 FAKE_SA_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJrdWJlLW9uLWFpciJ9.c3RhbmQtaW4"
-# What the control plane's provider-credentials script prints (components/access.py).
+# What the control plane's provider-credentials script prints (components/artifacts/access.py).
 FAKE_PROVIDER_ACCESS = f"kube-on-air-air\nhttps://172.31.255.10:6443\n{FAKE_CA_DATA}\n{FAKE_SA_TOKEN}\n"
 
 

@@ -184,7 +184,8 @@ def missing_images(home: Path, stack: str, image_dir: Path) -> list[str]:
 
 def stack_images(stack: str) -> list[str]:
     """Every image the workloads and CNI of STACK run, as the manifests name them (kubeadm's are its own)."""
-    from components import cni, config, workloads
+    from components import cni, workloads
+    from components.config import settings as config
 
     values = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text()).get("config") or {}
 

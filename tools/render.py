@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from components import seed
-from components.config import ConfigError, load_namespaced
-from components.render import CA_CERT_HASH_PLACEHOLDER, TOKEN_PLACEHOLDER
+from components.artifacts import seed
+from components.artifacts.render import CA_CERT_HASH_PLACEHOLDER, TOKEN_PLACEHOLDER
+from components.config.settings import ConfigError, load_namespaced
 from tools.dryrun import FAKE_CA_HASH, FAKE_TOKEN, ROOT, Evaluation, Resource, evaluate, stack_config, unwrap
 
 NAMESPACE = "kube-on-air"
@@ -173,7 +173,7 @@ def _write_embedded(command: Resource, out: Path) -> None:
 
 
 def seed_files(evaluation: Evaluation) -> dict[str, dict[str, str]]:
-    """node -> the files its seed ISO was built from (they sit beside it, see components/seed.py)."""
+    """node -> the files its seed ISO was built from (they sit beside it, see components/artifacts/seed.py)."""
     files = {}
     for volume in evaluation.of_type("libvirt:index/volume:Volume"):
         if volume.name.endswith("-seed"):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.render import sandbox_image
+from components.artifacts.render import sandbox_image
 from components.workloads import AGNHOST_IMAGE
 from tools import offline
 from tools import toolchain as build

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from components import seed
+from components.artifacts import seed
 
 URI = "qemu:///system"
 LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")
@@ -478,7 +478,7 @@ class LibvirtHost:
 
 
 def make_seed_iso(source_dir: Path, dest: Path) -> Path:
-    """The NoCloud seed exactly as the program builds it (components/seed.py) from a rendered node directory."""
+    """The NoCloud seed exactly as the program builds it (components/artifacts/seed.py) from a rendered node dir."""
     missing = [name for name in seed.FILES if not (source_dir / name).is_file()]
     if missing:
         raise HostError(f"{source_dir} lacks {', '.join(missing)}")

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from components.config import ClusterConfig
+from components.config.settings import ClusterConfig
 
 # The files cloud-init's NoCloud datasource reads, found by the volume label.
 FILES = ("user-data", "meta-data", "network-config")

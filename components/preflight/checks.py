@@ -1,6 +1,6 @@
 """Host preflight: judge the host before `pulumi preview`/`up` registers anything.
 
-`check` is a pure function from config + `HostFacts` (read by components/host_facts.py) to problems;
+`check` is a pure function from config + `HostFacts` (read by components/preflight/facts.py) to problems;
 `run_preflight` gathers, checks and raises one `PreflightError` listing them all.
 
 Which checks apply:
@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from itertools import islice
 from urllib.parse import urlsplit
 
-from components import identity, seed
-from components.config import BASE_VOLUME, DOMAIN_TYPES, NAMESPACE, ClusterConfig
-from components.host_facts import (
+from components.artifacts import identity, seed
+from components.artifacts.identity import NodeIdentity
+from components.config.settings import BASE_VOLUME, DOMAIN_TYPES, NAMESPACE, ClusterConfig
+from components.preflight.facts import (
     QEMU_ABSTRACTION,
     QEMU_LOCAL_ABSTRACTION,
     HostFacts,
@@ -36,7 +37,6 @@ from components.host_facts import (
     StackDomain,
     gather_host_facts,
 )
-from components.identity import NodeIdentity
 
 SKIP_ENV = "KUBE_ON_AIR_SKIP_PREFLIGHT"
 LIBVIRT_IMAGES = "/var/lib/libvirt/images"
@@ -179,7 +179,7 @@ def _check_kvm_device(config: ClusterConfig, facts: HostFacts) -> list[Preflight
 
 
 def _check_mkisofs(config: ClusterConfig, facts: HostFacts) -> list[PreflightProblem]:
-    # The program builds each node's cloud-init ISO on the Pulumi host (components/seed.py), with any one.
+    # The program builds each node's cloud-init ISO on the Pulumi host (components/artifacts/seed.py), with any one.
     if facts.mkisofs_path or facts.genisoimage_path or facts.xorrisofs_path:
         return []
     observed = f"{seed.NO_TOOL}; kube-on-air builds each node's cloud-init ISO on this machine with one of them"
@@ -400,7 +400,7 @@ CHECKS: tuple[Callable[[ClusterConfig, HostFacts], list[PreflightProblem]], ...]
 def _check_control_plane(
     config: ClusterConfig, facts: HostFacts, expected: NodeIdentity | None
 ) -> list[PreflightProblem]:
-    """A changed identity replaces a node (components/identity.py); for the control plane that is a new cluster."""
+    """A changed identity replaces a node (artifacts/identity.py); for the control plane that is a new cluster."""
     name = config.control_plane.libvirt_name
     deployed = next((d for d in facts.stack_domains or () if d.name == name), None)
     if expected is None or deployed is None:
@@ -429,7 +429,7 @@ def _check_control_plane(
 
 
 def _seed_attached_before(name: str) -> PreflightProblem:
-    # Until the seed was a plain volume (components/seed.py) it was the provider's CloudInitDisk, a cdrom:
+    # Until the seed was a plain volume (components/artifacts/seed.py) it was the provider's CloudInitDisk, a cdrom:
     # the new seed disk changes the domain's `disks`, which only a new domain can have.
     return PreflightProblem(
         "control-plane",

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from components import tolerances
-from components.tolerances import Tolerances
+from components.config import tolerances
+from components.config.tolerances import Tolerances
 
 NAMESPACE = "kube-on-air"
 

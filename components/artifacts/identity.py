@@ -16,9 +16,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from components import render
-from components.config import NAMESPACE, ClusterConfig, NodeSpec
-from components.hostkeys import HostKey
+from components.artifacts import render
+from components.artifacts.hostkeys import HostKey
+from components.config.settings import NAMESPACE, ClusterConfig, NodeSpec
 
 GENERATION_HEX = 10
 OWNER = NAMESPACE  # the description key that marks a domain as one of ours

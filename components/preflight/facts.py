@@ -1,7 +1,7 @@
 """Host facts: what preflight reads from this machine and from libvirt, and nothing else.
 
 `gather_host_facts` reads files, runs commands and asks virsh; it never raises and never hangs (virsh
-calls are bounded): a fact it cannot read is None, unknown. `components/preflight.py` judges them.
+calls are bounded): a fact it cannot read is None, unknown. `components/preflight/checks.py` judges them.
 
 What is read where:
 - always (the Pulumi host, or libvirt through virsh): virsh itself, libvirt reachable, its networks and
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from components import identity
-from components.config import BASE_VOLUME, ClusterConfig
+from components.artifacts import identity
+from components.config.settings import BASE_VOLUME, ClusterConfig
 
 VIRSH_TIMEOUT_S = 10.0
 MIB = 1024 * 1024

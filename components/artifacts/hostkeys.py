@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import ClusterConfig, ConfigError, ConfigProblem, NodeSpec
+from components.config.settings import ClusterConfig, ConfigError, ConfigProblem, NodeSpec
 
 KEY_TYPE = "ed25519"
 KNOWN_HOSTS = "known_hosts"

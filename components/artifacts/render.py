@@ -12,11 +12,11 @@ from typing import Any
 
 import jinja2
 
-from components import access, hostkeys
-from components.config import ClusterConfig, NodeSpec
-from components.hostkeys import HostKey
+from components.artifacts import access, hostkeys
+from components.artifacts.hostkeys import HostKey
+from components.config.settings import ClusterConfig, NodeSpec
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
 KERNEL_MODULES = ("overlay", "br_netfilter")
 SYSCTLS = {
@@ -106,7 +106,7 @@ def user_data(config: ClusterConfig, node: NodeSpec, host_key: HostKey) -> str:
 
 
 def meta_data(node: NodeSpec, instance_id: str) -> str:
-    # instance-id: see components/identity.py (new with every change of the node's seed, else stable).
+    # instance-id: see components/artifacts/identity.py (new with every change of the node's seed, else stable).
     return render("cloud-init/meta-data.yaml.j2", instance_id=instance_id, hostname=node.name)
 
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import remote
 
-from components import hostkeys
-from components.config import ClusterConfig, NodeSpec
-from components.hostkeys import HostKey
+from components.artifacts import hostkeys
+from components.artifacts.hostkeys import HostKey
+from components.config.settings import ClusterConfig, NodeSpec
 
 # Fresh VMs take a minute or more (much more under software emulation) before sshd answers.
 DIAL_ERROR_LIMIT = 120

@@ -1,0 +1,1 @@
+"""What the user sets: the stack's keys read and checked at once, and the patience a host gets."""
