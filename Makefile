@@ -120,7 +120,7 @@ render: dev-deps $(SSH_KEY) ## write every artifact of STACK into build/STACK (n
 	$(PY) -m tools.render --stack $(STACK) $(ARGS)
 
 K8S_VERSION = $(shell awk '/kube-on-air:kubernetesVersion:/ {print $$2}' Pulumi.$(STACK).yaml)
-# What an offline host takes from directories its user fills (README: Offline hosts).
+# What an offline host takes from directories its user fills (docs/offline.md).
 OFFLINE_DIR ?= $(HOME)/.cache/kube-on-air/offline
 PLUGIN_DIR ?= $(OFFLINE_DIR)/plugins
 IMAGE_DIR ?= $(OFFLINE_DIR)/images
@@ -148,7 +148,7 @@ test-toolchain: dev-deps ## the built kubeadm validates every rendered config; p
 
 E2E_SELECT ?= e2e and not lifecycle
 e2e: dev-deps ## a real `pulumi up` of the e2e stack: the cluster's checks, a second up without changes, destroy (root; ~30 min under emulation)
-	@$(PY) -m tools.offline status e2e --image-dir $(IMAGE_DIR) || { echo "make e2e: build and register what is missing first (README: End-to-end)" >&2; exit 1; }
+	@$(PY) -m tools.offline status e2e --image-dir $(IMAGE_DIR) || { echo "make e2e: build and register what is missing first (docs/offline.md, docs/testing.md)" >&2; exit 1; }
 	$(MAKE) --no-print-directory image STACK=e2e
 	$(PY) -m pytest -q -m "$(E2E_SELECT)" -p no:cacheprovider tests/e2e
 

@@ -212,23 +212,9 @@ def test_make_env_exports_no_path_for_a_pulumi_already_on_yours(tmp_path: Path) 
     assert not [line for line in exports if line.startswith("export PATH=")], "no PATH to a directory without pulumi"
 
 
-def readme_make_targets() -> set[str]:
-    """Targets the README tells you to run (`make x`, code lines, `$(make -s x)`), not the seed's table."""
-    readme = (ROOT / "README.md").read_text()
-    seed_start = readme.index("## The seed's make targets")
-    ours = readme[:seed_start] + readme[readme.index("\n## ", seed_start + 1) :]
-    return set(re.findall(r"(?:^|[`(])make (?:-\S+ )*([a-z][\w-]*)", ours, flags=re.MULTILINE))
-
-
 def help_targets() -> set[str]:
     listed = subprocess.run([MAKE, "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return {line.split()[1] for line in listed.splitlines()}
-
-
-def test_help_lists_every_target_the_readme_uses() -> None:
-    used = readme_make_targets()
-    assert {"up", "test", "stack", "env", "test-deps", "render", "bench", "deps"} <= used, "the README parse found them"
-    assert used <= help_targets(), f"README uses targets that make help does not list: {sorted(used - help_targets())}"
 
 
 def test_help_lists_every_phony_target() -> None:

@@ -372,7 +372,7 @@ def test_a_control_plane_of_unknown_size_is_given_the_benefit_of_the_doubt(
 
 
 def test_worker_sizes_are_not_refused(ssh_key: Path, config: ClusterConfig) -> None:
-    # A worker's new domain boots on its old disk and is still joined (README: What rebuilds a node).
+    # A worker's new domain boots on its old disk and is still joined (docs/operations.md).
     worker = dataclasses.replace(built(config), name="t-work11", disk_volumes=("work11-0123456789.qcow2",), vcpu=1)
     resized = cluster_config(ssh_key, workerVcpu="2", workerMemoryMiB="4096")
     assert pf.check(resized, healthy(stack_domains=(built(config), worker)), plan(resized)) == []

@@ -35,7 +35,7 @@
 #                    toolchain/current) instead of pkgs.k8s.io and registry.k8s.io; CNI plugins,
 #                    conntrack and the other node tools come from Debian
 #   KOA_IMAGE_DIR=DIR with KOA_TOOLCHAIN: every docker-archive (*.tar) in DIR is imported too (the
-#                    CNI's and workloads' images, which the toolchain cannot build; README: Offline)
+#                    CNI's and workloads' images, which the toolchain cannot build; docs/offline.md)
 #   KOA_REQUIRED_IMAGES="REF ..." with KOA_TOOLCHAIN: image references the stack runs; the build stops
 #                    with one line naming those in neither the toolchain nor KOA_IMAGE_DIR
 #   KOA_PREPULL_IMAGES=1 (default with a version) fetch `kubeadm config images list` plus the

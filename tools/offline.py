@@ -3,7 +3,7 @@
 Four pieces cannot come from the Go module proxy: the libvirt and command provider plugins, the
 Python language host and the container images of the CNI and the workloads. A connected host gets
 them from `pulumi plugin install` and a registry; an offline one from a directory its user fills
-(README: Offline hosts). This module checks what such a directory holds against the versions the
+(docs/offline.md). This module checks what such a directory holds against the versions the
 program pins, and registers the plugins into the toolchain's PULUMI_HOME, so `pulumi up` never
 downloads a plugin.
 

@@ -373,7 +373,7 @@ def test_an_up_killed_during_kubeadm_init_converges_on_the_next_up(e2e: E2EStack
     assert killed.returncode is None, "the run ended before kubeadm init had run 45 s"
     assert "kubeadm init" in REPORT["kubeadm_at_kill"], REPORT["kubeadm_at_kill"]
     # The killed CLI leaves its stack lock (the real run: "the stack is currently locked ... delete the
-    # lock file with `pulumi cancel`"): the user's next step, as the CLI says and the README repeats.
+    # lock file with `pulumi cancel`"): the user's next step, as the CLI says and docs/troubleshooting.md repeats.
     e2e.pulumi("cancel-after-kill", "cancel", "--yes")
     # The kill really cut an operation short: the state holds kubeadm init's create as under way.
     interrupted = e2e.pending_operations()
@@ -381,7 +381,7 @@ def test_an_up_killed_during_kubeadm_init_converges_on_the_next_up(e2e: E2EStack
     cut_short = {(op, urn.rsplit("::", 1)[1]) for op, urn in interrupted}
     assert ("creating", "kube-on-air-control-plane-init") in cut_short, interrupted
     # An `up` alone runs the create again but keeps the pending entry, and warns on every later run (the
-    # real run showed it); a refresh that drops pending creates clears it, as the README says.
+    # real run showed it); a refresh that drops pending creates clears it, as docs/operations.md says.
     e2e.pulumi("refresh-after-kill", "refresh", "--yes", "--clear-pending-creates")
     assert e2e.pending_operations() == []
     again = e2e.pulumi("up-after-kill", "up", "--yes")
