@@ -311,7 +311,7 @@ def test_gather_for_a_remote_uri_reads_nothing_local(ssh_key: Path, monkeypatch:
     remote = cluster_config(ssh_key, uri="qemu+ssh://nobody@kvm1.example/system")
     facts = hf.gather_host_facts(remote)
     assert facts.remote is True
-    local = ["kvm_device", "cpu_virt_flag", "apparmor_enabled", "selinux_mode", "mem_available_mib", "host_routes"]
+    local = ["kvm_accessible", "kvm_verdicts", "apparmor_enabled", "selinux_mode", "mem_available_mib", "host_routes"]
     assert all(getattr(facts, name) is None for name in local)
     assert facts.ssh_key_error is None  # the key is on this machine either way
 
@@ -412,3 +412,42 @@ def test_qemu_may_open_dev_kvm_through_its_group_only_when_the_mode_says_so(
     assert hf._qemu_kvm_accessible("nobody") is False
     monkeypatch.setattr(hf, "_qemu_conf_value", lambda key: "root" if key == "group" else None)
     assert hf._qemu_kvm_accessible("nobody") is True
+
+
+# ---- KVM: libvirt's own verdict (virt-host-validate) -------------------------------------------------
+
+# `virt-host-validate qemu` on a kvm-pvm machine (this workshop's), and on a host whose kvm module is not loaded.
+VALIDATE_KVM_PVM = """\
+  QEMU: Checking for hardware virtualization                                 : FAIL (Host not compatible with KVM; \
+HW virtualization CPU features not found. Only emulated CPUs are available; performance will be significantly limited)
+  QEMU: Checking if device /dev/vhost-net exists                             : WARN (Load the 'vhost_net' module)
+  QEMU: Checking for cgroup 'memory' controller support                      : PASS
+"""
+VALIDATE_NO_MODULE = """\
+  QEMU: Checking for hardware virtualization                                 : PASS
+  QEMU: Checking if device /dev/kvm exists                                   : FAIL (Check that the 'kvm-intel' or \
+'kvm-amd' modules are loaded & the BIOS has enabled virtualization)
+  QEMU: Checking for cgroup 'blkio' controller support                       : FAIL (Enable 'blkio' in kernel Kconfig)
+"""
+
+
+def test_only_the_failed_kvm_checks_of_virt_host_validate_count() -> None:
+    (pvm,) = hf.parse_kvm_verdicts(VALIDATE_KVM_PVM)
+    assert pvm.startswith("hardware virtualization: Host not compatible with KVM")
+    # A failed cgroup controller is not a KVM problem, and a WARN is not a failure.
+    assert hf.parse_kvm_verdicts(VALIDATE_NO_MODULE) == (
+        "device /dev/kvm exists: Check that the 'kvm-intel' or 'kvm-amd' modules are loaded & the BIOS has enabled "
+        "virtualization",
+    )
+    assert hf.parse_kvm_verdicts(VALIDATE_NO_MODULE.replace(": FAIL (Check", ": WARN (Check")) == ()
+
+
+@pytest.mark.skipif(shutil.which("virt-host-validate") is None, reason="virt-host-validate not installed")
+def test_virt_host_validate_on_this_machine_agrees_with_its_cpu(ssh_key: Path) -> None:
+    cpu_flags = re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    hardware = bool(cpu_flags and {"vmx", "svm"} & set(cpu_flags.group(1).split()))
+    verdicts = hf.gather_host_facts(cluster_config(ssh_key, domainType="kvm")).kvm_verdicts
+    assert verdicts is not None, "virt-host-validate answered"
+    assert any(v.startswith("hardware virtualization") for v in verdicts) is not hardware, verdicts
+    # With software emulation nothing asks about KVM.
+    assert hf.gather_host_facts(cluster_config(ssh_key, domainType="qemu")).kvm_verdicts is None

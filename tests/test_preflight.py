@@ -39,15 +39,10 @@ def healthy(**changes: Any) -> HostFacts:
         xorrisofs_path=None,
         ssh_path="/usr/bin/ssh",
         ssh_key_error=None,
-        kvm_device=True,
+        kvm_verdicts=(),
         kvm_accessible=True,
         kvm_device_mode="crw-rw---- root:kvm",
         qemu_kvm_accessible=True,
-        machine="x86_64",
-        cpu_virt_flag="vmx",
-        cpu_hypervisor=False,
-        kvm_modules=("kvm", "kvm_intel"),
-        kvm_nested="Y",
         apparmor_enabled=True,
         security_driver="",
         apparmor_pool_allowed=True,
@@ -112,29 +107,21 @@ def test_virsh_missing_is_a_problem_not_a_pass(config: ClusterConfig) -> None:
     )
 
 
-def test_kvm_missing_with_domain_type_kvm(config: ClusterConfig) -> None:
-    facts = healthy(kvm_device=False, kvm_accessible=False, cpu_virt_flag="", cpu_hypervisor=True, kvm_modules=())
-    problem = only(pf.check(config, facts), "kvm")
+NO_KVM_MODULE = "device /dev/kvm exists: Check that the 'kvm-intel' or 'kvm-amd' modules are loaded"
+
+
+def test_kvm_refused_by_virt_host_validate_with_domain_type_kvm(config: ClusterConfig) -> None:
+    problem = only(pf.check(config, healthy(kvm_verdicts=(NO_KVM_MODULE,), kvm_accessible=False)), "kvm")
     assert_says(
-        problem, ["/dev/kvm does not exist", "neither vmx nor svm", "itself a VM"], ["nested=1", "domainType to qemu"]
+        problem,
+        ["virt-host-validate: device /dev/kvm exists: Check that the 'kvm-intel'"],
+        ["nested virtualisation", "kube-on-air:domainType to qemu"],
     )
-
-
-def test_kvm_module_not_loaded_says_modprobe(config: ClusterConfig) -> None:
-    problem = only(pf.check(config, healthy(kvm_device=False, cpu_virt_flag="svm", kvm_modules=())), "kvm")
-    assert_says(problem, ["CPU flags: svm", "kvm modules loaded: none"], ["modprobe kvm_amd", "domainType to qemu"])
 
 
 def test_kvm_missing_but_domain_type_qemu_is_fine(ssh_key: Path) -> None:
     qemu = cluster_config(ssh_key, domainType="qemu")
-    assert pf.check(qemu, healthy(kvm_device=False, kvm_accessible=False, cpu_virt_flag="")) == []
-
-
-def test_kvm_without_vmx_or_svm_is_not_hardware_kvm(config: ClusterConfig) -> None:
-    # This machine: /dev/kvm from kvm-pvm, no vmx/svm; type='kvm' domains die with "KVM internal error".
-    facts = healthy(cpu_virt_flag="", cpu_hypervisor=True, kvm_modules=("kvm", "kvm_pvm"), kvm_nested=None)
-    problem = only(pf.check(config, facts), "kvm")
-    assert_says(problem, ["lacks vmx/svm", "kvm_pvm"], ["kube-on-air:domainType to qemu"])
+    assert pf.check(qemu, healthy(kvm_verdicts=(NO_KVM_MODULE,), kvm_accessible=False)) == []
 
 
 def test_kvm_not_writable_matters_only_for_session(ssh_key: Path) -> None:
@@ -414,8 +401,7 @@ def test_remote_uri_skips_local_checks(ssh_key: Path) -> None:
     facts = healthy(
         remote=True,
         libvirt_uri=remote.libvirt_uri,
-        kvm_device=False,
-        cpu_virt_flag="",
+        kvm_verdicts=(NO_KVM_MODULE,),
         apparmor_pool_allowed=False,
         apparmor_qemu_pool_allowed=False,
         pool_blocked_dir="/root",

@@ -110,27 +110,6 @@ def _check_libvirt(config: ClusterConfig, facts: HostFacts) -> list[PreflightPro
     return [PreflightProblem("libvirt", f"cannot connect to {config.libvirt_uri}: {error}", fix)]
 
 
-def _kvm_context(facts: HostFacts) -> str:
-    flag = facts.cpu_virt_flag
-    flags = "unknown" if flag is None else flag or "neither vmx nor svm"
-    modules = "unknown" if facts.kvm_modules is None else ", ".join(facts.kvm_modules) or "none"
-    vm = " (this machine is itself a VM)" if facts.cpu_hypervisor else ""
-    return f"CPU flags: {flags}{vm}; kvm modules loaded: {modules}; nested: {facts.kvm_nested or 'unknown'}"
-
-
-def _kvm_missing_fix(facts: HostFacts) -> str:
-    qemu = f"or set {_key('domainType')} to qemu for software emulation"
-    if facts.cpu_virt_flag:
-        module = "kvm_intel" if facts.cpu_virt_flag == "vmx" else "kvm_amd"
-        return f"load the module (`sudo modprobe {module}`), {qemu}"
-    if facts.cpu_hypervisor:
-        return (
-            "enable nested virtualisation on the machine hosting this VM "
-            f"(`options kvm_intel nested=1` or `options kvm_amd nested=1`, CPU mode host-passthrough), {qemu}"
-        )
-    return f"enable VT-x/AMD-V in the firmware setup and `sudo modprobe kvm_intel` (or kvm_amd), {qemu}"
-
-
 def _check_kvm(config: ClusterConfig, facts: HostFacts) -> list[PreflightProblem]:
     if config.domain_type != "kvm":
         return []
@@ -139,12 +118,13 @@ def _check_kvm(config: ClusterConfig, facts: HostFacts) -> list[PreflightProblem
         if facts.libvirt_kvm is False:
             return [PreflightProblem("kvm", f"libvirt at {config.libvirt_uri} offers no kvm domains", qemu)]
         return []
-    if facts.kvm_device is False:
-        return [PreflightProblem("kvm", f"/dev/kvm does not exist ({_kvm_context(facts)})", _kvm_missing_fix(facts))]
-    if facts.kvm_device and facts.cpu_virt_flag == "" and facts.machine in ("x86_64", "i686"):
-        # kvm_intel/kvm_amd need vmx/svm; a /dev/kvm without them (e.g. kvm-pvm) fails kvm guests at boot.
-        observed = f"/dev/kvm exists but the CPU lacks vmx/svm, so it is not hardware KVM ({_kvm_context(facts)})"
-        return [PreflightProblem("kvm", observed, qemu)]
+    if facts.kvm_verdicts:
+        observed = f"virt-host-validate: {'; '.join(facts.kvm_verdicts)}"
+        fix = (
+            "enable VT-x/AMD-V in the firmware and load kvm_intel or kvm_amd (on a VM: nested virtualisation on "
+            f"its host, CPU mode host-passthrough), or {qemu}"
+        )
+        return [PreflightProblem("kvm", observed, fix)]
     if facts.kvm_accessible is False and _session(config):
         # Under qemu:///system libvirtd opens /dev/kvm itself; under /session the domain runs as you.
         return [

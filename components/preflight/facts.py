@@ -1,5 +1,10 @@
 """Host facts: what preflight reads from this machine and from libvirt, and nothing else.
 
+Ours where no upstream checker answers: libvirt's `virt-host-validate` judges KVM (used here), but not
+this stack's pool path (AppArmor, SELinux, directory permissions), its memory and disk, its address
+range against other networks and routes, or what already runs of it; kubeadm's preflight runs on the
+nodes, after the VMs exist, too late to stop `up` before anything is registered.
+
 `gather_host_facts` reads files, runs commands and asks virsh; it never raises and never hangs (virsh
 calls are bounded): a fact it cannot read is None, unknown. `components/preflight/checks.py` judges them.
 
@@ -7,7 +12,8 @@ What is read where:
 - always (the Pulumi host, or libvirt through virsh): virsh itself, libvirt reachable, its networks and
   KVM capability, this stack's domains (those with a disk in its pool) and pool volumes, mkisofs, the
   ssh key.
-- local URIs only (qemu:///system, qemu:///session, qemu+unix://): /dev/kvm and CPU flags, AppArmor,
+- local URIs only (qemu:///system, qemu:///session, qemu+unix://): /dev/kvm, libvirt's own verdict on
+  KVM (`virt-host-validate qemu`, only when `domainType` is kvm), AppArmor,
   pool directory permissions, SELinux, memory, disk, host routes. Over qemu+ssh:// these would describe
   the Pulumi host, not the libvirt host, so they stay unknown.
 """
@@ -17,7 +23,6 @@ from __future__ import annotations
 import grp
 import ipaddress
 import os
-import platform
 import pwd
 import re
 import shlex
@@ -107,15 +112,10 @@ class HostFacts:
     ssh_path: str | None  # the join and leave steps run ssh here
     ssh_key_error: str | None  # None: private key readable
     # The libvirt host, read only when it is this machine.
-    kvm_device: bool | None  # /dev/kvm exists
+    kvm_verdicts: tuple[str, ...] | None  # virt-host-validate's KVM checks that FAIL, with its reasons
     kvm_accessible: bool | None  # this user may read+write it
     kvm_device_mode: str | None  # e.g. "crw------- root:root"
     qemu_kvm_accessible: bool | None  # QEMU's user under qemu:///system may read+write it
-    machine: str | None  # platform.machine(), e.g. x86_64
-    cpu_virt_flag: str | None  # "vmx", "svm" or "" (neither)
-    cpu_hypervisor: bool | None  # this machine is itself a VM
-    kvm_modules: tuple[str, ...] | None
-    kvm_nested: str | None  # kvm_intel/kvm_amd nested parameter
     apparmor_enabled: bool | None
     security_driver: str | None  # qemu.conf security_driver; "" = unset (libvirt's default)
     apparmor_pool_allowed: bool | None  # virt-aa-helper may read volumes in the pool
@@ -330,32 +330,32 @@ def _offers_kvm(capabilities_xml: str) -> bool:
     return any(d.get("type") == "kvm" for d in root.iter("domain"))
 
 
-def _cpu_facts() -> tuple[str | None, bool | None]:
-    text = _read(PROC / "cpuinfo")
-    if text is None:
-        return None, None
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-            break
-    virt = "vmx" if "vmx" in flags else "svm" if "svm" in flags else ""
-    return virt, "hypervisor" in flags
+# libvirt's own checker answers "can this host run KVM guests?" (CPU virtualisation, the kvm modules,
+# /dev/kvm) with its reasons; it also refuses kvm-pvm's /dev/kvm, whose CPU lacks vmx/svm.
+VALIDATE_LINE = re.compile(
+    r"^\s*QEMU: Checking (?:for |if )?(?P<check>.+?)\s+:\s+(?P<verdict>PASS|WARN|FAIL)(?: \((?P<why>.*)\))?$"
+)
 
 
-def _kvm_modules() -> tuple[str, ...] | None:
-    modules = SYS / "module"
-    if not modules.is_dir():
+def parse_kvm_verdicts(output: str) -> tuple[str, ...]:
+    """The failed KVM checks in `virt-host-validate qemu` output, as "check: reason"."""
+    failed = []
+    for line in output.splitlines():
+        match = VALIDATE_LINE.match(line)
+        if match and match["verdict"] == "FAIL" and re.search(r"hardware virtualization|/dev/kvm", match["check"]):
+            failed.append(f"{match['check']}: {match['why'] or 'FAIL'}")
+    return tuple(failed)
+
+
+def _kvm_verdicts() -> tuple[str, ...] | None:
+    validate = shutil.which("virt-host-validate")
+    if validate is None:
         return None
-    return tuple(sorted(p.name for p in modules.iterdir() if p.name == "kvm" or p.name.startswith("kvm_")))
-
-
-def _kvm_nested() -> str | None:
-    for module in ("kvm_intel", "kvm_amd"):
-        value = _read(SYS / "module" / module / "parameters" / "nested")
-        if value is not None:
-            return value.strip()
-    return None
+    code, out, _ = _run([validate, "qemu"], timeout=60)
+    # Exit 1 means some check failed, not only KVM's: the lines say which. No line at all: unknown.
+    if code is None or not any(VALIDATE_LINE.match(line) for line in out.splitlines()):
+        return None
+    return parse_kvm_verdicts(out)
 
 
 def _apparmor_enabled() -> bool | None:
@@ -645,7 +645,6 @@ def gather_host_facts(config: ClusterConfig) -> HostFacts:
     def local(read: Callable[[], T]) -> T | None:
         return None if remote else _safe(read, None)
 
-    cpu_flag, hypervisor = local(_cpu_facts) or (None, None)
     qemu_user = local(_qemu_user)
     probe, free = local(lambda: _disk_free(config.pool_path)) or (None, None)
     return HostFacts(
@@ -663,15 +662,10 @@ def gather_host_facts(config: ClusterConfig) -> HostFacts:
         xorrisofs_path=shutil.which("xorrisofs"),
         ssh_path=shutil.which("ssh"),
         ssh_key_error=_safe(lambda: _ssh_key_error(config.ssh_key_path), None),
-        kvm_device=local(DEV_KVM.exists),
+        kvm_verdicts=local(_kvm_verdicts) if config.domain_type == "kvm" else None,
         kvm_accessible=local(lambda: os.access(DEV_KVM, os.R_OK | os.W_OK)),
         kvm_device_mode=local(_kvm_device_mode),
         qemu_kvm_accessible=local(lambda: _qemu_kvm_accessible(qemu_user)),
-        machine=local(platform.machine),
-        cpu_virt_flag=cpu_flag,
-        cpu_hypervisor=hypervisor,
-        kvm_modules=local(_kvm_modules),
-        kvm_nested=local(_kvm_nested),
         apparmor_enabled=local(_apparmor_enabled),
         security_driver=local(lambda: _qemu_conf_value("security_driver")),
         apparmor_pool_allowed=local(lambda: _apparmor_pool_allowed(config)),
