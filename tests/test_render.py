@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from components.config.settings import DEFAULTS
 from tools import render
-from tools.dryrun import ROOT
+from tools.dryrun import ROOT, Evaluation
 
 MAKE = shutil.which("make") or "make"
 
@@ -71,3 +72,18 @@ def test_make_render_config_mistake_is_the_programs_message_without_a_traceback(
         "  kube-on-air:cni = 'flannel': use one of: kube-router, calico",
     ], done.stderr
     assert not (tmp_path / "out" / "air").exists()
+
+
+def test_manifests_are_numbered_in_apply_order_whatever_the_registration_order(air: Evaluation) -> None:
+    objects = [r for r in render.kubernetes_objects(air) if not r.type.startswith("pulumi:providers")]
+    assert len(objects) >= 10, "the air stack's CNI and workload objects"
+    ordered = [r.urn for r in render.in_apply_order(air, objects)]
+    # The mock runtime registers objects whose inputs resolve together in any order: any order gives the same.
+    for seed in range(5):
+        shuffled = objects[:]
+        random.Random(seed).shuffle(shuffled)
+        assert [r.urn for r in render.in_apply_order(air, shuffled)] == ordered
+    position = {urn: n for n, urn in enumerate(ordered)}
+    for resource in objects:
+        for dependency in render.expanded_dependencies(air, resource) & position.keys():
+            assert position[dependency] < position[resource.urn], f"{resource.name} before what it waits for"

@@ -96,6 +96,23 @@ def kubernetes_objects(evaluation: Evaluation) -> list[Resource]:
     ]
 
 
+def in_apply_order(evaluation: Evaluation, objects: list[Resource]) -> list[Resource]:
+    """Each object after those it waits for, ties by name: the same order on every render (the mock
+    runtime registers objects whose inputs resolve at the same time in any order)."""
+    by_urn = {r.urn: r for r in objects}
+    waits = {r.urn: expanded_dependencies(evaluation, r) & by_urn.keys() for r in objects}
+    ordered: list[Resource] = []
+    while waits:
+        ready = sorted((urn for urn, deps in waits.items() if not deps), key=lambda urn: by_urn[urn].name)
+        if not ready:  # a cycle cannot be applied either; keep the rest by name
+            ready = sorted(waits, key=lambda urn: by_urn[urn].name)
+        ordered.append(by_urn[ready[0]])
+        del waits[ready[0]]
+        for deps in waits.values():
+            deps.discard(ready[0])
+    return ordered
+
+
 def expanded_dependencies(evaluation: Evaluation, resource: Resource) -> set[str]:
     """Custom resources this one waits for directly; a component dependency means all its children."""
     found: set[str] = set()
@@ -197,9 +214,8 @@ def write_artifacts(evaluation: Evaluation, out: Path) -> None:
         if stdin and command.name.endswith("-init"):
             _write(out / "kubeadm" / "kubeadm-config.yaml", stdin)
         _write_embedded(command, out)
-    for index, resource in enumerate(kubernetes_objects(evaluation)):
-        if resource.type.startswith("pulumi:providers"):
-            continue
+    objects = [r for r in kubernetes_objects(evaluation) if not r.type.startswith("pulumi:providers")]
+    for index, resource in enumerate(in_apply_order(evaluation, objects)):
         _write(
             out / "manifests" / f"{index:02d}-{resource.name}.yaml", yaml.safe_dump(manifest(resource), sort_keys=False)
         )
