@@ -1,6 +1,7 @@
 """The README and docs/ cannot drift from the code: every table renders whole (read by a Markdown
 parser), every relative link and anchor resolves, every `make` target named is one `make help` lists,
-every config key named is declared in Pulumi.yaml, and the configuration page states each key and the
+every config key named is declared in Pulumi.yaml, every repository path and module named exists, and the
+configuration page states each key and the
 ranges the program enforces."""
 
 from __future__ import annotations
@@ -310,3 +311,27 @@ def test_the_key_checks_see_the_keys_the_docs_name(ssh_key: Path) -> None:
     )
     assert refused_as_unknown(ssh_key, "workerCont") and not refused_as_unknown(ssh_key, "workerCount")
     assert {"networkCidr", "workerCount"} <= keys_in_commands(ROOT / "docs" / "operations.md")
+
+
+def paths_named(page: Path) -> set[str]:
+    """Repository paths a page names in code (`components/config/settings.py`) and modules it runs (`python -m x.y`)."""
+    text = page.read_text()
+    paths = set(re.findall(r"`((?:components|templates|tools|tests|docs)/[^`\s]*)`", text))
+    modules = {m.replace(".", "/") + ".py" for m in re.findall(r"python -m ((?:tools|tests)[\w.]*)", text)}
+    return paths | modules
+
+
+@pytest.mark.parametrize("page", DOCS, ids=page_id)
+def test_every_path_and_module_the_docs_name_exists(page: Path) -> None:
+    missing = sorted(path for path in paths_named(page) if not (ROOT / path).exists())
+    assert not missing, f"{page_id(page)} names what is not in the repository: {missing}"
+
+
+def test_the_path_check_sees_the_paths_the_docs_name() -> None:
+    named = set().union(*(paths_named(page) for page in DOCS))
+    assert {
+        "components/preflight/facts.py",
+        "tools/offline.py",
+        "tests/toolchain/engine.py",
+        "templates/image/",
+    } <= named
