@@ -1,8 +1,7 @@
 """The README and docs/ cannot drift from the code: every table renders whole (read by a Markdown
 parser), every relative link and anchor resolves, every `make` target named is one `make help` lists,
-every config key named is declared in Pulumi.yaml, every repository path and module named exists, and the
-configuration page states each key and the
-ranges the program enforces."""
+every config key named is declared in Pulumi.yaml, every repository path and module named exists, and
+the configuration page states each key and the ranges the program enforces."""
 
 from __future__ import annotations
 
