@@ -6,6 +6,7 @@ file, and its go.mod handling against go.mod text in the shapes upstream modules
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -65,6 +66,19 @@ def test_a_built_piece_is_skipped_and_keeps_its_record(tmp_path: Path) -> None:
     assert (first["this_run"], second["this_run"]) == ("built", "cached")
     assert second["outputs"] == {"tool": build.sha256(tmp_path / "pieces" / "tool" / "tool")}
     assert second["source"] == "example.com/tool@v1.0.0" and second["go"] == "go1.26"
+
+
+def test_a_piece_built_by_an_earlier_recipe_is_built_again(tmp_path: Path) -> None:
+    calls: list[str] = []
+    build.build_piece(writes_once(calls), tmp_path, "go1.26")
+    record = tmp_path / "pieces" / "tool.json"
+    # A record from before recipes were kept counts as recipe 1.
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "recipe"}))
+    assert build.build_piece(writes_once(calls), tmp_path, "go1.26")["this_run"] == "cached"
+    newer = dataclasses.replace(writes_once(calls), recipe=2)
+    assert build.build_piece(newer, tmp_path, "go1.26")["this_run"] == "built"
+    assert build.build_piece(newer, tmp_path, "go1.26")["this_run"] == "cached"
+    assert calls == ["built", "built"]
 
 
 def test_a_killed_build_leaves_no_record_and_is_redone(tmp_path: Path) -> None:

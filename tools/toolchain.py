@@ -276,6 +276,13 @@ DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PROXY_PACKAGES = "iptables,ipset,iproute2,conntrack,kmod"
 # dnstools: what infoblox/dnstools offered (dig, nslookup, host, curl, ping), from Debian packages.
 DNSTOOLS_PACKAGES = "bash,dnsutils,curl,iputils-ping,ca-certificates"
+# agnhost: upstream's image (test/images/agnhost/Dockerfile) is Alpine with bind-tools, curl,
+# netcat-openbsd, iproute2, iperf and bash; e2e tests and `kubectl exec` users rely on them. The same
+# tools from Debian, plus what the Dockerfile adds: CoreDNS at /coredns, /uploads, the porter
+# certificates, the agnhost-2 link, user 1000 in group 50000, entrypoint /agnhost with CMD pause.
+AGNHOST_PACKAGES = "bash,dnsutils,curl,netcat-openbsd,iproute2,iperf,ca-certificates"
+AGNHOST_USER = "user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh\n"
+AGNHOST_GROUPS = "user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n"
 MINIMAL_FILES = {
     "etc/passwd": "root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n",
     "etc/group": "root:x:0:\nnogroup:x:65534:\n",
@@ -293,6 +300,26 @@ class Image:
     path: str  # where it lies in the image
     entrypoint: bool  # kubeadm's static pods name a command; Deployments rely on the entrypoint
     debian_packages: str | None = None  # a Debian rootfs with these packages, else a bare one
+    cmd: str | None = None  # the image's default arguments (upstream's CMD)
+    finish: Callable[[Context, Path, Path], None] | None = None  # (ctx, work, rootfs): what upstream adds
+
+
+def finish_agnhost(ctx: Context, work: Path, rootfs: Path) -> None:
+    """What upstream's Dockerfile adds beside the packages and /agnhost."""
+    shutil.copy2(ctx.home / "pieces" / "coredns" / "coredns", rootfs / "coredns")
+    (rootfs / "uploads").mkdir(exist_ok=True)
+    module = ctx.download(f"k8s.io/kubernetes@v{kubernetes_version()}", work)
+    porter = Path(module["Dir"]) / "test" / "images" / "agnhost" / "porter"
+    for name in ("localhost.crt", "localhost.key"):
+        shutil.copyfile(porter / name, rootfs / name)
+    (rootfs / "agnhost-2").symlink_to("agnhost")
+    (rootfs / "usr" / "local" / "bin").mkdir(parents=True, exist_ok=True)
+    (rootfs / "usr" / "local" / "bin" / "iperf").symlink_to("/usr/bin/iperf")
+    with (rootfs / "etc" / "passwd").open("a") as passwd:
+        passwd.write(AGNHOST_USER)
+    with (rootfs / "etc" / "group").open("a") as group:
+        group.write(AGNHOST_GROUPS)
+    (rootfs / "home" / "user-defined-in-image").mkdir(parents=True, exist_ok=True)
 
 
 def images_to_build(home: Path) -> list[Image]:
@@ -315,7 +342,15 @@ def images_to_build(home: Path) -> list[Image]:
         Image(f"registry.k8s.io/etcd:{versions['etcd']}", "etcd/etcd", "/usr/local/bin/etcd", False),
         Image(f"registry.k8s.io/coredns/coredns:{versions['coredns']}", "coredns/coredns", "/coredns", True),
         Image(f"registry.k8s.io/pause:{versions['pause']}", "pause/pause", "/pause", True),
-        Image(f"registry.k8s.io/e2e-test-images/agnhost:{agnhost}", "agnhost/agnhost", "/agnhost", True),
+        Image(
+            f"registry.k8s.io/e2e-test-images/agnhost:{agnhost}",
+            "agnhost/agnhost",
+            "/agnhost",
+            True,
+            AGNHOST_PACKAGES,
+            cmd="pause",
+            finish=finish_agnhost,
+        ),
         Image(DNSTOOLS_IMAGE, None, "/bin/bash", True, DNSTOOLS_PACKAGES),
     ]
 
@@ -324,11 +359,15 @@ def archive_name(ref: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", ref.split("/", 1)[1]) + ".tar"
 
 
+# As Debian's slim images do: no manuals, documentation or translations in a container's rootfs.
+SLIM_EXCLUDES = tuple(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("man", "doc", "info", "locale"))
+
+
 def debian_rootfs(ctx: Context, work: Path, packages: str) -> Path:
     tarball = work / f"debian-{hashlib.sha256(packages.encode()).hexdigest()[:12]}.tar"
     if not tarball.exists():
         suite = ["bookworm", str(tarball), DEBIAN_MIRROR]
-        ctx.run(["mmdebstrap", "--quiet", "--variant=essential", f"--include={packages}", *suite], work)
+        ctx.run(["mmdebstrap", "--quiet", "--variant=essential", *SLIM_EXCLUDES, f"--include={packages}", *suite], work)
     return tarball
 
 
@@ -351,11 +390,15 @@ def build_image(ctx: Context, work: Path, out: Path, image: Image) -> None:
         target = rootfs / image.path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ctx.home / "pieces" / image.binary, target)
+    if image.finish:
+        image.finish(ctx, work, rootfs)
     ctx.run(["umoci", "repack", "--image", f"{layout}:{tag}", str(bundle)], work)
     config = ["umoci", "config", "--image", f"{layout}:{tag}", "--config.env", PATH_ENV, "--os", "linux"]
     config += ["--architecture", "amd64"]
     if image.entrypoint:
         config += ["--config.entrypoint", image.path]
+    if image.cmd:
+        config += ["--config.cmd", image.cmd]
     ctx.run(config, work)
     archive = f"docker-archive:{out / archive_name(image.ref)}:{image.ref}"
     ctx.run(["skopeo", "--insecure-policy", "copy", "--quiet", f"oci:{layout}:{tag}", archive], work)
@@ -375,6 +418,9 @@ class Piece:
     name: str
     build: Callable[[Context, Path, Path], str]
     needs_versions: bool = False  # waits for the built kubeadm to name its image versions
+    # Raised when what the piece puts out changes without a pin changing: a toolchain built by an
+    # earlier recipe rebuilds the piece instead of keeping it (a record without one is recipe 1).
+    recipe: int = 1
 
 
 PIECES = (
@@ -383,7 +429,7 @@ PIECES = (
     Piece("coredns", build_coredns, needs_versions=True),
     Piece("pause", build_pause, needs_versions=True),
     Piece("agnhost", build_agnhost),
-    Piece("images", build_images, needs_versions=True),
+    Piece("images", build_images, needs_versions=True, recipe=2),  # 2: agnhost as upstream's; slim Debian
     Piece("pulumi", build_pulumi),
     Piece("pulumi-resource-kubernetes", build_kubernetes_provider),
     Piece("cri-tools", build_crictl),
@@ -422,7 +468,8 @@ def build_piece(piece: Piece, home: Path, go: str) -> dict[str, Any]:
     done = home / "pieces" / f"{piece.name}.json"
     if done.exists():
         record: dict[str, Any] = json.loads(done.read_text())
-        return {**record, "this_run": "cached"}
+        if record.get("recipe", 1) == piece.recipe:
+            return {**record, "this_run": "cached"}
     out, work = home / "pieces" / piece.name, home / "work" / piece.name
     for stale in (out, work):  # a killed run leaves half a piece: start that piece again
         shutil.rmtree(stale, ignore_errors=True)
@@ -439,6 +486,7 @@ def build_piece(piece: Piece, home: Path, go: str) -> dict[str, Any]:
         return {"piece": piece.name, "status": "unavailable", "reason": str(gone), "this_run": "tried"}
     record = {
         "piece": piece.name,
+        "recipe": piece.recipe,
         "status": "built",
         "source": source,
         "go": go,

@@ -181,3 +181,55 @@ def test_the_connectivity_check_runs_the_agnhost_the_toolchain_built(toolchain: 
     assert piece(toolchain, "agnhost").exists()
     built = (toolchain / "pieces" / "agnhost" / "VERSION").read_text().strip()
     assert AGNHOST_IMAGE == f"registry.k8s.io/e2e-test-images/agnhost:{built}"
+
+
+# ---- images tagged with upstream names behave as upstream's -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def agnhost_rootfs(toolchain: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toolchain's agnhost archive unpacked as a container runtime would (root keeps the owners)."""
+    if os.geteuid() != 0:
+        pytest.skip("unpacking an image with its owners and running it in a chroot needs root")
+    work = tmp_path_factory.mktemp("agnhost")
+    archive = toolchain / "pieces" / "images" / build.archive_name(AGNHOST_IMAGE)
+    layout = f"oci:{work / 'layout'}:agnhost"
+    subprocess.run(["skopeo", "--insecure-policy", "copy", "--quiet", f"docker-archive:{archive}", layout], check=True)
+    subprocess.run(["umoci", "unpack", "--image", f"{work / 'layout'}:agnhost", str(work / "bundle")], check=True)
+    return work / "bundle"
+
+
+def in_image(bundle: Path, script: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    as_user = [f"--userspec={user}"] if user else []
+    argv = ["chroot", *as_user, str(bundle / "rootfs"), "/bin/sh", "-c", script]
+    return subprocess.run(argv, capture_output=True, text=True, check=False, env={"PATH": build.PATH_ENV[5:]})
+
+
+def test_agnhost_starts_as_upstream_does(agnhost_rootfs: Path) -> None:
+    process = json.loads((agnhost_rootfs / "config.json").read_text())["process"]
+    assert process["args"] == ["/agnhost", "pause"], "ENTRYPOINT /agnhost, CMD pause"
+    assert (process["user"]["uid"], process["user"]["gid"]) == (0, 0)
+
+
+def test_agnhost_carries_upstreams_shell_and_tools(agnhost_rootfs: Path) -> None:
+    tools = ("bash", "sh", "nc", "curl", "dig", "nslookup", "ip", "ss", "iperf")
+    found = in_image(agnhost_rootfs, f"for t in {' '.join(tools)}; do command -v $t || echo missing $t; done")
+    assert found.returncode == 0 and "missing" not in found.stdout, found.stdout + found.stderr
+    assert "/usr/local/bin/iperf" in in_image(agnhost_rootfs, "ls -l /usr/local/bin/iperf").stdout
+    version = in_image(agnhost_rootfs, "/coredns -version")
+    assert version.returncode == 0 and "CoreDNS-" in version.stdout, version.stderr
+
+
+def test_agnhost_carries_upstreams_files_links_and_user(agnhost_rootfs: Path) -> None:
+    rootfs = agnhost_rootfs / "rootfs"
+    assert (rootfs / "uploads").is_dir()
+    assert (rootfs / "localhost.crt").read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert (rootfs / "localhost.key").is_file()
+    assert os.readlink(rootfs / "agnhost-2") == "agnhost"
+    # The entrypoint-tester specs run the same binary under its second name.
+    assert "Usage" in in_image(agnhost_rootfs, "/agnhost-2 --help").stdout
+    user = in_image(agnhost_rootfs, "id user-defined-in-image")
+    assert user.stdout.startswith("uid=1000(user-defined-in-image)"), user.stdout + user.stderr
+    assert "50000(group-defined-in-image)" in user.stdout
+    # A pod running as that user still has a shell and the tools.
+    assert in_image(agnhost_rootfs, "id -u && command -v nc", user="1000:1000").stdout.split()[0] == "1000"
