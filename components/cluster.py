@@ -87,14 +87,16 @@ class Cluster(pulumi.ComponentResource):
         self.kubeconfig = self.control_plane.kubeconfig
         joined: list[pulumi.Resource] = [join.join for join in self.joins]
         # The Kubernetes provider fails every resource at once if the API server is down when it
-        # starts; on a slow host it restarts a few times after init and the joins.
+        # starts; on a slow host it restarts a few times after init. Only init matters here: the
+        # joins, the kubeconfig and this gate run side by side, and the Kubernetes layer starts
+        # while workers still join (the CNI and most objects need only the API server).
         self.api_steady = remote.Command(
             f"{name}-api-steady",
             connection=access.connection(cp),
             create=render.api_steady_script(config),
             add_previous_output_in_env=False,
-            triggers=[self.control_plane.init.id, *[join.join.id for join in self.joins]],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.control_plane.fetch_kubeconfig, *joined]),
+            triggers=[self.control_plane.init.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.control_plane.init]),
         )
         self.kubernetes = k8s.Provider(
             f"{name}-k8s",
@@ -109,7 +111,7 @@ class Cluster(pulumi.ComponentResource):
         if config.workloads:
             self.workloads = Workloads(
                 f"{name}-workloads",
-                WorkloadsArgs(config, self.kubernetes, self.cni),
+                WorkloadsArgs(config, self.kubernetes, self.cni, joined),
                 pulumi.ResourceOptions(parent=self),
             )
         self.clock = PhaseClock(f"{name}-phases", PhaseClockArgs(self._phases()), pulumi.ResourceOptions(parent=self))

@@ -7,6 +7,7 @@ else is applied and left to its controller, so a slow image pull of kuard or dns
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -71,6 +72,8 @@ class WorkloadsArgs:
     provider: k8s.Provider
     # Pods cannot start before the pod network exists; everything here waits for it.
     cni: pulumi.Resource
+    # The workers' joins: the gate waits for them, so that its timeout counts pods, not joins.
+    joined: Sequence[pulumi.Resource] = ()
 
 
 def one_per_node(labels: dict[str, str]) -> AffinityArgs:
@@ -141,7 +144,13 @@ class Workloads(pulumi.ComponentResource):
         if "dnstools" in config.workloads:
             self.dnstools = _dnstools(name, per_node, child)
         if "connectivity-check" in config.workloads:
-            gate = pulumi.ResourceOptions.merge(child, _gate_timeouts(config.connectivity_timeout_seconds))
+            gate = pulumi.ResourceOptions.merge(
+                child,
+                pulumi.ResourceOptions.merge(
+                    _gate_timeouts(config.connectivity_timeout_seconds),
+                    pulumi.ResourceOptions(depends_on=list(args.joined)),
+                ),
+            )
             self.echo, self.echo_service, self.probe = _connectivity_check(
                 name, per_node, every_node, config.tolerances, child, gate
             )

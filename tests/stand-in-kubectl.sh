@@ -14,12 +14,8 @@ case "$*" in
   "apply -f -")
     cat >> "${state}/applied.yaml"
     touch "${state}/applied" ;;
-  "config view --raw --minify -o jsonpath={.clusters[0].name}")
-    printf '%s' "${STAND_IN_CLUSTER:?}" ;;
-  "config view --raw --minify -o jsonpath={.clusters[0].cluster.server}")
-    printf '%s' "${STAND_IN_SERVER:?}" ;;
-  "config view --raw --minify -o jsonpath={.clusters[0].cluster.certificate-authority-data}")
-    printf '%s' "${STAND_IN_CA:?}" ;;
+  'config view --raw --minify -o jsonpath={.clusters[0].name}{"\n"}{.clusters[0].cluster.server}{"\n"}{.clusters[0].cluster.certificate-authority-data}{"\n"}')
+    printf '%s\n' "${STAND_IN_CLUSTER:?}" "${STAND_IN_SERVER:?}" "${STAND_IN_CA:?}" ;;
   "--namespace ${STAND_IN_SECRET_NAMESPACE:?} get secret ${STAND_IN_SECRET:?} -o jsonpath={.data.token}")
     if [[ ! -e "${state}/applied" ]]; then
       echo "Error from server (NotFound): secrets \"${STAND_IN_SECRET}\" not found" >&2

@@ -124,7 +124,7 @@ def test_dependency_order(air: Evaluation) -> None:
     assert "head10-ready" in transitive(air, "kube-on-air-control-plane-init")
     for workload in ("kube-on-air-workloads-probe", "kube-on-air-workloads-kuard", "kube-on-air-workloads-dnstools"):
         assert "kube-on-air-cni-ds" in transitive(air, workload)
-    assert {f"work1{i}-kubeadm-join" for i in (1, 2, 3)} <= transitive(air, "kube-on-air-cni-ds")
+    assert {f"work1{i}-kubeadm-join" for i in (1, 2, 3)} <= transitive(air, "kube-on-air-workloads-probe")
 
 
 def test_kubernetes_resources_use_the_explicit_provider(air: Evaluation) -> None:
@@ -442,13 +442,24 @@ def test_a_slow_host_gets_patient_timeouts_and_a_real_host_upstreams(ssh_key: Pa
 
 def test_the_kubernetes_provider_waits_for_a_steady_api_server(air: Evaluation) -> None:
     provider = air.named("kube-on-air-k8s")
-    assert "kube-on-air-api-steady" in transitive(air, "kube-on-air-k8s")
     gate = air.named("kube-on-air-api-steady")
     # The provider loads /openapi/v2 first, with a 32 s timeout: the gate has it built and fast.
     assert "get --raw /openapi/v2" in gate.plain("create") and "--request-timeout=20s" in gate.plain("create")
-    joins = {r.urn for r in air.resources if r.name.endswith("-kubeadm-join")}
-    assert joins and joins <= set(gate.dependencies)
+    assert "https://172.31.255.10:6443/readyz" in gate.plain("create")
+    assert air.named("kube-on-air-control-plane-init").urn in gate.dependencies
     assert gate.urn in provider.dependencies
+
+
+def test_the_kubernetes_layer_overlaps_the_joins(air: Evaluation) -> None:
+    """After init the gate, the kubeconfig, the provider and the CNI need only the control plane; the
+    workers join meanwhile. The connectivity gate waits for every join, so it still crosses nodes and
+    its timeout counts pods, not joins."""
+    joins = {r.name for r in air.resources if r.name.endswith("-kubeadm-join")}
+    assert len(joins) == 3
+    for name in ("kube-on-air-api-steady", "kube-on-air-k8s", "kube-on-air-cni-ds"):
+        assert not joins & transitive(air, name), f"{name} waits for a join"
+    probe = air.named("kube-on-air-workloads-probe")
+    assert joins <= {air.by_urn[u].name for u in probe.dependencies}
 
 
 STAND_IN_VIRSH = """#!/bin/sh

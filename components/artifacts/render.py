@@ -210,6 +210,7 @@ def api_steady_script(config: ClusterConfig) -> str:
         interval_seconds=patience.api_steady_interval_seconds,
         timeout_seconds=patience.api_steady_timeout_seconds,
         openapi_within_seconds=patience.openapi_within_seconds,
+        readyz_url=f"{config.api_endpoint}/readyz",
     )
 
 

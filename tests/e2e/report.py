@@ -38,7 +38,7 @@ def table(data: dict[str, Any]) -> str:
     for c in data["commands"]:
         changed = ", ".join(f"{op} {n}" for op, n in sorted(c["changes"].items()))
         lines.append(f"{c['name']:<28} {c['seconds']:>9.1f}  {c['exit']!s:<4}  {changed}")
-    for key in ("phase_seconds", "critical_path_seconds", "resource_counts"):
+    for key in ("phase_seconds", "critical_path_seconds", "control_plane_restarts", "resource_counts"):
         if key in data:
             lines.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in data[key].items()))
     for key in ("critical_path_total_seconds", "orchestration_overhead_ratio", "dev_kvm", "not_run"):

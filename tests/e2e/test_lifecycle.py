@@ -207,6 +207,14 @@ def critical_path(e2e: E2EStack, workers: list[str]) -> dict[str, float]:
     }
 
 
+def control_plane_restarts(e2e: E2EStack) -> dict[str, int]:
+    """Restarts of each static pod (etcd, API server, controller manager, scheduler) so far."""
+    return {
+        pod["metadata"]["labels"]["component"]: sum(c["restartCount"] for c in pod["status"]["containerStatuses"])
+        for pod in pods(e2e, "kube-system", "tier=control-plane")
+    }
+
+
 def only_unchanged(record_changes: dict[str, int]) -> bool:
     return set(record_changes) <= {"same"}
 
@@ -224,6 +232,7 @@ def test_first_up_builds_the_cluster(e2e: E2EStack) -> None:
 def test_the_cluster_works(e2e: E2EStack) -> None:
     assert_cluster_works(e2e, workers=1)
     REPORT["critical_path_seconds"] = critical_path(e2e, ["work11"])
+    REPORT["control_plane_restarts"] = control_plane_restarts(e2e)
 
 
 def test_ups_after_the_first_change_nothing(e2e: E2EStack) -> None:
