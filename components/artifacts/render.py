@@ -211,6 +211,7 @@ def api_steady_script(config: ClusterConfig) -> str:
         timeout_seconds=patience.api_steady_timeout_seconds,
         openapi_within_seconds=patience.openapi_within_seconds,
         readyz_url=f"{config.api_endpoint}/readyz",
+        ca_file=CLUSTER_CA,
     )
 
 
