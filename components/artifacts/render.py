@@ -52,6 +52,8 @@ APT_RETRY_PAUSE_SECONDS = 15
 INSTALL_ATTEMPTS = 3
 INSTALL_RETRY_PAUSE_SECONDS = 30
 TOKEN_WAIT_SECONDS = 60
+# kubeadm's cluster CA on the control plane, readable by every user there.
+CLUSTER_CA = "/etc/kubernetes/pki/ca.crt"
 
 
 @lru_cache(maxsize=1)
