@@ -35,7 +35,7 @@ PULUMI_UNREACHABLE := no pulumi on PATH and https://get.pulumi.com cannot be rea
 # What `make test` runs outside the venv, as CHECK=Debian package (see tests/system-deps.sh).
 TEST_SYSTEM_DEPS := py:ensurepip=python3-venv ssh-keygen=openssh-client cloud-init=cloud-init virsh=libvirt-clients
 
-.PHONY: help up preview destroy clean ls kubeconfig env test test-deps test-vm lint render bench image plugins deps dev-deps pulumi-cli stack toolchain test-toolchain e2e e2e-lifecycle
+.PHONY: help up preview destroy clean ls kubeconfig env test test-deps test-vm lint render bench image plugins deps dev-deps pulumi-cli stack toolchain test-toolchain e2e e2e-lifecycle timeline
 # Prerequisites run in the order written: the system tool check before anything is installed.
 .NOTPARALLEL:
 
@@ -136,6 +136,9 @@ image: deps ## node image with containerd, the pinned Kubernetes binaries and ev
 
 plugins: deps ## register the libvirt and command plugins and the Python language host from PLUGIN_DIR into the toolchain
 	$(PY) -m tools.offline plugins $(PLUGIN_DIR)
+
+timeline: kubeconfig ## draw where STACK's `up` that built it spent its time: build/STACK/timeline.svg (+ .json)
+	$(PY) -m tools.timeline --stack $(STACK) --kubeconfig build/$(STACK)/kubeconfig --out build/$(STACK)/timeline.svg
 
 bench: dev-deps $(SSH_KEY) ## evaluation time and dependency chain for 1+3, 1+30, 1+100 workers
 	$(PY) -m tools.bench

@@ -43,13 +43,13 @@ class Cluster(pulumi.ComponentResource):
         on_host = pulumi.ResourceOptions(parent=self, providers=[self.libvirt])
         self.network = ClusterNetwork(f"{name}-network", ClusterNetworkArgs(config), on_host)
         self.store = ImageStore(f"{name}-images", ImageStoreArgs(config, args.kept_store), on_host)
-        # One node at a time (seed, disk, VM), after the network and the base image: at most one volume
-        # upload streams over the provider's one libvirt connection (where a seed's download once
-        # deadlocked, see components/artifacts/seed.py). It costs seconds; the boots still overlap.
+        # Every node at once, after the network and the base image. Seeds are uploaded, never read
+        # back (components/artifacts/seed.py): 24 uploads and 24 overlays side by side on the
+        # provider's one connection, 5 rounds of up/refresh/destroy, never hung (docs/design.md).
         self.nodes: dict[str, Node] = {}
         after: list[pulumi.Resource] = [self.network.network, self.store.base_image]
         for spec in config.nodes:
-            node = Node(
+            self.nodes[spec.name] = Node(
                 spec.name,
                 NodeArgs(
                     config=config,
@@ -62,8 +62,6 @@ class Cluster(pulumi.ComponentResource):
                 ),
                 on_host,
             )
-            self.nodes[spec.name] = node
-            after = [node.domain]
         cp = config.control_plane
         self.control_plane = ControlPlane(
             f"{name}-control-plane",
@@ -146,4 +144,5 @@ def export_outputs(config: ClusterConfig, cluster: Cluster) -> None:
     pulumi.export("hostsSnippet", render.hosts_snippet(config))
     pulumi.export("knownHostsFile", hostkeys.known_hosts_path(config))
     pulumi.export("phaseSeconds", cluster.clock.seconds)
+    pulumi.export("phaseStartedAt", cluster.clock.started_at)
     pulumi.export("network", {"name": config.network_name, "bridge": config.bridge_name, "cidr": config.network_cidr})

@@ -23,7 +23,7 @@ class NodeArgs:
     base_volume_id: pulumi.Input[str]
     network_id: pulumi.Input[str]
     access: ssh.Access
-    # libvirt calls this node's storage and VM must not overlap with (see Cluster: one node at a time).
+    # What this node's storage and VM need first: the network and the base image.
     after: Sequence[pulumi.Resource] = ()
 
 

@@ -30,8 +30,15 @@ def seconds_since_start(readings: dict[str, str]) -> dict[str, float]:
     }
 
 
+def epoch(reading: str) -> float | None:
+    return round(float(reading), 3) if reading.strip() else None
+
+
 class PhaseClock(pulumi.ComponentResource):
     seconds: pulumi.Output[dict[str, float]]
+    # When the run that built the cluster started (seconds since the epoch): places `seconds`
+    # beside the times the nodes recorded (make timeline).
+    started_at: pulumi.Output[float | None]
 
     def __init__(self, name: str, args: PhaseClockArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:timing:PhaseClock", name, None, opts)
@@ -45,4 +52,5 @@ class PhaseClock(pulumi.ComponentResource):
             )
             readings[phase] = marker.stdout
         self.seconds = pulumi.Output.all(**readings).apply(seconds_since_start)
-        self.register_outputs({"seconds": self.seconds})
+        self.started_at = start.stdout.apply(epoch)
+        self.register_outputs({"seconds": self.seconds, "started_at": self.started_at})

@@ -17,7 +17,6 @@ import shlex
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import pytest
 from tests.e2e.conftest import POOL, REPORT, leftovers, pool_volumes
 from tests.e2e.stack import CommandRecord, E2EStack, changes, step_times
 from tests.vm import libvirt_host as lh
+from tools import timeline
 
 pytestmark = pytest.mark.e2e
 
@@ -159,52 +159,20 @@ def resource_counts(e2e: E2EStack) -> dict[str, int]:
     return counts
 
 
-def node_clock(e2e: E2EStack, node: str, script: str) -> float:
-    return float(ssh(e2e, node, script).strip())
-
-
-BOOT_TO_CLOUD_INIT = (
-    'python3 -c \'import json, time; s = json.load(open("/run/cloud-init/status.json"))["v1"];'
-    ' up = float(open("/proc/uptime").read().split()[0]);'
-    ' print(s["modules-final"]["finished"] - (time.time() - up))\''
-)
-
-
-def file_span(first: str, last: str) -> str:
-    return f"echo $(( $(sudo date -r {last} +%s%N) - $(sudo date -r {first} +%s%N) )) | awk '{{print $1 / 1e9}}'"
-
-
-def ready_after_creation(items: list[dict[str, Any]]) -> float:
-    """The slowest pod's seconds from creation to Ready, as the API server recorded them."""
-
-    def stamp(text: str) -> float:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-    spans = []
-    for pod in items:
-        created = stamp(pod["metadata"]["creationTimestamp"])
-        cond = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
-        spans.append(stamp(cond["lastTransitionTime"]) - created)
-    return round(max(spans), 1)
-
-
-def critical_path(e2e: E2EStack, workers: list[str]) -> dict[str, float]:
-    boots = [node_clock(e2e, n, BOOT_TO_CLOUD_INIT) for n in [CONTROL_PLANE, *workers]]
-    init = node_clock(
-        e2e,
-        CONTROL_PLANE,
-        file_span("/var/lib/kube-on-air/kubeadm-config.yaml", "/var/lib/kube-on-air/kubeadm-init.done"),
+def run_timeline(e2e: E2EStack) -> timeline.Record:
+    """The first `up`'s record (tools/timeline.py, as `make timeline` reads it) and its SVG, in build/e2e/."""
+    outputs = {name: e2e.output(name) for name in ("nodes", "phaseSeconds", "phaseStartedAt")}
+    first_up = next(r for r in e2e.records if r.name == "up-first")
+    record = timeline.collect(
+        "e2e",
+        outputs,
+        lambda node, script: ssh(e2e, node, f"bash -c {shlex.quote(script)}"),
+        lambda *args: e2e.kubectl_json(*args),
+        wall_seconds=first_up.seconds,
     )
-    joins = [
-        node_clock(e2e, w, file_span("/etc/kubernetes/pki/ca.crt", "/etc/kubernetes/kubelet.conf")) for w in workers
-    ]
-    return {
-        "boot_to_cloud_init_done": round(max(boots), 1),
-        "kubeadm_init": round(init, 1),
-        "join": round(max(joins), 1),
-        "kube_router_ready": ready_after_creation(pods(e2e, "kube-system", "k8s-app=kube-router")),
-        "probe_ready": ready_after_creation(pods(e2e, NAMESPACE, "app=probe")),
-    }
+    (e2e.root / "timeline.json").write_text(record.to_json())
+    (e2e.root / "timeline.svg").write_text(timeline.svg(record))
+    return record
 
 
 def control_plane_restarts(e2e: E2EStack) -> dict[str, int]:
@@ -231,7 +199,9 @@ def test_first_up_builds_the_cluster(e2e: E2EStack) -> None:
 
 def test_the_cluster_works(e2e: E2EStack) -> None:
     assert_cluster_works(e2e, workers=1)
-    REPORT["critical_path_seconds"] = critical_path(e2e, ["work11"])
+    record = run_timeline(e2e)
+    assert {s.node for s in record.steps} == set(node_names(1)), record.steps
+    REPORT["critical_path_seconds"] = timeline.critical_path_seconds(record)
     REPORT["control_plane_restarts"] = control_plane_restarts(e2e)
 
 
