@@ -386,7 +386,7 @@ def test_longest_chain_does_not_grow_with_the_worker_count(ssh_key: Path) -> Non
     assert large.resources > small.resources
     assert small.chain_length == large.chain_length, f"{small.chain}\nvs\n{large.chain}"
     # One node's boot wait and join at most: the long steps of different nodes never line up.
-    assert large.long_steps == bench.LONG_STEPS_PER_CHAIN, large.chain
+    assert large.long_steps <= bench.LONG_STEPS_PER_CHAIN, large.chain
 
 
 class BackwardsSet(set[str]):

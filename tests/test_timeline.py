@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.standins import stand_in
+from tests.validators import require_valid, validate_shell_files
 from tools import timeline
 from tools.timeline import Record, Step
 
@@ -101,10 +102,16 @@ def test_the_readings_script_runs_and_prints_what_collect_reads(tmp_path: Path) 
     assert abs(readings["boot"] + boot - __import__("time").time()) < 5
 
 
+def test_the_readings_script_passes_shellcheck(tmp_path: Path) -> None:
+    script = tmp_path / "timeline-readings.sh"
+    script.write_text(timeline.readings_script())
+    require_valid(validate_shell_files([script]))
+
+
 def test_collect_puts_the_nodes_the_pods_and_the_phase_clock_in_one_record() -> None:
     outputs = {
         "nodes": [{"name": "head10", "role": "control-plane"}, {"name": "work11", "role": "worker"}],
-        "phaseSeconds": {"kubeadm-init": 160.0, "workloads-ready": 300.0},
+        "phaseSeconds": {"kubeadm-init": 160.0, "api-steady": 195.0, "workloads-ready": 300.0},
         "phaseStartedAt": T0,
     }
     init_files = {timeline.INIT_STARTED: T0 + 90, timeline.INIT_DONE: T0 + 160}
@@ -128,7 +135,9 @@ def test_collect_puts_the_nodes_the_pods_and_the_phase_clock_in_one_record() -> 
         ("work11", "kubeadm join"),
         ("work11", "kube-router Ready"),
         ("work11", "probe Ready"),
+        ("pulumi", "API gate"),
     ]
+    assert record.steps[-1].seconds == 35.0, "the gate runs from init's phase mark to its own"
     assert ("get", "pods", "-n", "kube-on-air", "-l", "app=probe") in asked
     assert Record.from_json(record.to_json()) == record
     assert timeline.critical_path_seconds(record) == {
