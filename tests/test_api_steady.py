@@ -1,11 +1,13 @@
-"""The API gate's script, run for real against a local HTTPS /readyz that answers as scripted.
+"""The API gate's script, run for real against a local HTTPS API server that answers as scripted.
 
-Its python3 loop must see the answers in a row it promises, with the cluster CA it is given, and
-fail with one clear line otherwise; kubectl (a stand-in) only fetches the OpenAPI document.
+Its python3 loop must see the answers in a row it promises, with the cluster CA it is given, ask for
+the OpenAPI document as admin.conf's user and as the Kubernetes provider does (protobuf), and fail
+with one clear line otherwise.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import http.server
 import ssl
@@ -18,59 +20,73 @@ import pytest
 
 from components.artifacts import render
 from components.config import tolerances
-from components.config.settings import ClusterConfig
 from tests.conftest import cluster_config
 from tests.standins import StandInNode
 
 SUDO = '#!/bin/bash\nexec "$@"\n'
 CRICTL = "#!/bin/bash\nexit 0\n"
-# Serves /openapi/v2 unless OPENAPI_DOWN is set; records each call.
-KUBECTL = """#!/bin/bash
-printf '%s\\n' "$*" >> "${ROOT}/kubectl-calls"
-[ -z "${OPENAPI_DOWN:-}" ] || exit 1
-case "$*" in
-  *"explain pods --output=plaintext-openapiv2") echo 'KIND: Pod' ;;
-  *) exit 2 ;;
-esac
-"""
+OPENAPI_PROTOBUF = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
 
 
-class Readyz:
-    """/readyz answers: the scripted statuses in turn, then the last one for ever."""
+class ApiServer:
+    """/readyz answers the scripted statuses in turn, then the last one for ever; /openapi/v2 answers
+    200 to a protobuf request unless `openapi_down`. Every request must carry the admin's certificate."""
 
     def __init__(self, statuses: list[int]) -> None:
         self.statuses = statuses
         self.asked = 0
+        self.openapi_accepts: list[str] = []
+        self.openapi_down = False
 
-    def next_status(self) -> int:
+    def readyz(self) -> int:
         status = self.statuses[min(self.asked, len(self.statuses) - 1)]
         self.asked += 1
         return status
 
+    def openapi(self, accept: str) -> int:
+        self.openapi_accepts.append(accept)
+        return 503 if self.openapi_down else 200 if accept == OPENAPI_PROTOBUF else 406
 
-@pytest.fixture
-def tls(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1: it is its own CA, as the cluster CA is here."""
-    cert, key = tmp_path / "ca.crt", tmp_path / "ca.key"
+
+def self_signed(directory: Path, name: str, san: str | None = None) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    extra = ["-addext", f"subjectAltName={san}"] if san else []
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "1", "-subj", "/CN=kube-apiserver", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
+         "-days", "1", "-subj", f"/CN={name}", *extra, "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
     return cert, key
 
 
 @pytest.fixture
-def readyz(request: pytest.FixtureRequest, tls: tuple[Path, Path]) -> Iterator[tuple[Readyz, str]]:
-    answers = Readyz(request.param)
+def tls(tmp_path: Path) -> tuple[Path, Path]:
+    """The API server's certificate for 127.0.0.1: its own CA, as the cluster CA is here."""
+    return self_signed(tmp_path, "kube-apiserver", "IP:127.0.0.1")
+
+
+@pytest.fixture
+def admin(tmp_path: Path) -> tuple[Path, Path]:
+    return self_signed(tmp_path, "kubernetes-admin")
+
+
+@pytest.fixture
+def api(
+    request: pytest.FixtureRequest, tls: tuple[Path, Path], admin: tuple[Path, Path]
+) -> Iterator[tuple[ApiServer, str]]:
+    server_state = ApiServer(request.param)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            status = answers.next_status() if self.path == "/readyz" else 404
+            if self.path == "/readyz":
+                status = server_state.readyz()
+            elif self.path == "/openapi/v2":
+                status = server_state.openapi(self.headers.get("Accept", ""))
+            else:
+                status = 404
             self.send_response(status)
             self.end_headers()
-            self.wfile.write(b"ok" if status == 200 else b"not ready")
+            self.wfile.write(b"ok" if status == 200 else b"no")
 
         def log_message(self, *args: object) -> None:
             pass
@@ -78,79 +94,115 @@ def readyz(request: pytest.FixtureRequest, tls: tuple[Path, Path]) -> Iterator[t
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(*tls)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cafile=str(admin[0]))
     server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield answers, f"https://127.0.0.1:{server.server_address[1]}/readyz"
+    yield server_state, f"https://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 
 
-def gate_script(config: ClusterConfig, url: str, ca: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(render, "CLUSTER_CA", str(ca))
-    quick = dataclasses.replace(
-        tolerances.EMULATED, api_steady_checks=3, api_steady_interval_seconds=0, api_steady_timeout_seconds=4
-    )
-    script = render.api_steady_script(dataclasses.replace(config, tolerances=quick))
-    rendered_url = f"{config.api_endpoint}/readyz"
-    assert rendered_url in script, "the gate asks the control plane's advertised address"
-    return script.replace(rendered_url, url)
+def admin_conf(directory: Path, admin: tuple[Path, Path]) -> Path:
+    """admin.conf's user part, as kubeadm writes it: the certificate and key inline, base64."""
+    cert, key = (base64.b64encode(p.read_bytes()).decode() for p in admin)
+    conf = directory / "admin.conf"
+    conf.write_text(f"users:\n- name: kubernetes-admin\n  user:\n    client-certificate-data: {cert}\n"
+                    f"    client-key-data: {key}\n")  # fmt: skip
+    return conf
 
 
 def run_gate(
     tmp_path: Path,
     ssh_key: Path,
-    readyz: tuple[Readyz, str],
-    tls: tuple[Path, Path],
+    api: tuple[ApiServer, str],
+    ca: Path,
+    admin: tuple[Path, Path],
     monkeypatch: pytest.MonkeyPatch,
-    **env: str,
-) -> tuple[subprocess.CompletedProcess[str], StandInNode]:
-    script = gate_script(cluster_config(ssh_key, domainType="qemu"), readyz[1], tls[0], monkeypatch)
-    node = StandInNode.make(tmp_path, {"sudo": SUDO, "kubectl": KUBECTL, "crictl": CRICTL}, script, "")
-    return node.run(**env), node
+) -> subprocess.CompletedProcess[str]:
+    """The gate as rendered for the air stack, pointed at the local server (3 answers, 4 s at most)."""
+    monkeypatch.setattr(render, "CLUSTER_CA", str(ca))
+    monkeypatch.setattr(render, "ADMIN_CONF", str(admin_conf(tmp_path, admin)))
+    quick = dataclasses.replace(
+        tolerances.EMULATED, api_steady_checks=3, api_steady_interval_seconds=0, api_steady_timeout_seconds=4
+    )
+    config = cluster_config(ssh_key, domainType="qemu")
+    script = render.api_steady_script(dataclasses.replace(config, tolerances=quick))
+    assert f"{config.api_endpoint}/readyz" in script, "the gate asks the control plane's advertised address"
+    script = script.replace(config.api_endpoint, api[1])
+    return StandInNode.make(tmp_path, {"sudo": SUDO, "crictl": CRICTL}, script, "").run()
 
 
-@pytest.mark.parametrize("readyz", [[500, 500, 200]], indirect=True)
-def test_the_gate_opens_after_answers_in_a_row(
-    tmp_path: Path, ssh_key: Path, readyz: tuple[Readyz, str], tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("api", [[500, 500, 200]], indirect=True)
+def test_the_gate_opens_after_answers_in_a_row_and_the_document_served(
+    tmp_path: Path,
+    ssh_key: Path,
+    api: tuple[ApiServer, str],
+    tls: tuple[Path, Path],
+    admin: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    result, node = run_gate(tmp_path, ssh_key, readyz, tls, monkeypatch)
+    result = run_gate(tmp_path, ssh_key, api, tls[0], admin, monkeypatch)
     assert result.returncode == 0, result.stderr
     assert "steady (3 answers in a row after 2 failed, in 0 s; OpenAPI served after 0 s more)" in result.stdout
-    assert readyz[0].asked == 5
-    # One request warms the document up while /readyz is asked, one checks it comes in time.
-    assert (node.root / "kubectl-calls").read_text().count("explain pods --output=plaintext-openapiv2") == 2
+    assert api[0].asked == 5
+    # One request warms the document up while /readyz is asked, one checks it comes in time: both
+    # as client-go's discovery asks, so the API server caches the form the provider reads.
+    assert api[0].openapi_accepts == [OPENAPI_PROTOBUF, OPENAPI_PROTOBUF]
 
 
-@pytest.mark.parametrize("readyz", [[200, 200, 500, 200, 500] * 20], indirect=True)
+@pytest.mark.parametrize("api", [[200, 200, 500, 200, 500] * 20], indirect=True)
 def test_an_api_server_that_keeps_failing_closes_the_gate_with_one_line(
-    tmp_path: Path, ssh_key: Path, readyz: tuple[Readyz, str], tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    ssh_key: Path,
+    api: tuple[ApiServer, str],
+    tls: tuple[Path, Path],
+    admin: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    result, node = run_gate(tmp_path, ssh_key, readyz, tls, monkeypatch)
+    result = run_gate(tmp_path, ssh_key, api, tls[0], admin, monkeypatch)
     assert result.returncode == 1
     assert "did not answer /readyz 3 times in a row within 4 s" in result.stderr
-    # Only the warm-up asked for the document: the gate never got as far as checking it.
-    assert (node.root / "kubectl-calls").read_text().count("explain pods --output=plaintext-openapiv2") == 1
+    assert len(api[0].openapi_accepts) == 1, "only the warm-up: the gate never got as far as the check"
 
 
-@pytest.mark.parametrize("readyz", [[200]], indirect=True)
+@pytest.mark.parametrize("api", [[200]], indirect=True)
 def test_an_openapi_document_never_served_closes_the_gate(
-    tmp_path: Path, ssh_key: Path, readyz: tuple[Readyz, str], tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    ssh_key: Path,
+    api: tuple[ApiServer, str],
+    tls: tuple[Path, Path],
+    admin: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    result, _ = run_gate(tmp_path, ssh_key, readyz, tls, monkeypatch, OPENAPI_DOWN="1")
+    api[0].openapi_down = True
+    result = run_gate(tmp_path, ssh_key, api, tls[0], admin, monkeypatch)
     assert result.returncode == 1
     assert "did not serve /openapi/v2 within 20 s" in result.stderr
 
 
-@pytest.mark.parametrize("readyz", [[200]], indirect=True)
-def test_a_certificate_the_cluster_ca_did_not_sign_is_never_ready(
-    tmp_path: Path, ssh_key: Path, readyz: tuple[Readyz, str], tls: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("api", [[200]], indirect=True)
+def test_an_api_server_the_cluster_ca_did_not_sign_is_never_ready(
+    tmp_path: Path,
+    ssh_key: Path,
+    api: tuple[ApiServer, str],
+    admin: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    other = tmp_path / "other"
-    other.mkdir()
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "1", "-subj", "/CN=other", "-keyout", str(other / "k"), "-out", str(other / "c")],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    result, _ = run_gate(tmp_path, ssh_key, readyz, (other / "c", tls[1]), monkeypatch)
+    other_ca, _ = self_signed(tmp_path, "other")
+    result = run_gate(tmp_path, ssh_key, api, other_ca, admin, monkeypatch)
     assert result.returncode == 1
-    assert readyz[0].asked == 0, "no request passes the TLS handshake"
+    assert api[0].asked == 0, "no request passes the TLS handshake"
+
+
+@pytest.mark.parametrize("api", [[200]], indirect=True)
+def test_without_the_admins_certificate_nothing_is_answered(
+    tmp_path: Path,
+    ssh_key: Path,
+    api: tuple[ApiServer, str],
+    tls: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stranger = self_signed(tmp_path, "stranger")
+    result = run_gate(tmp_path, ssh_key, api, tls[0], stranger, monkeypatch)
+    assert result.returncode == 1
+    assert api[0].asked == 0 and not api[0].openapi_accepts

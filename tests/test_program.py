@@ -443,8 +443,7 @@ def test_the_kubernetes_provider_waits_for_a_steady_api_server(air: Evaluation) 
     provider = air.named("kube-on-air-k8s")
     gate = air.named("kube-on-air-api-steady")
     # The provider loads /openapi/v2 first, with a 32 s timeout: the gate has it built and fast.
-    assert "explain pods --output=plaintext-openapiv2" in gate.plain("create")
-    assert "--request-timeout=20s" in gate.plain("create")
+    assert '"https://172.31.255.10:6443/openapi/v2", 20, OPENAPI_PROTOBUF' in gate.plain("create")
     assert "https://172.31.255.10:6443/readyz" in gate.plain("create")
     assert air.named("kube-on-air-control-plane-init").urn in gate.dependencies
     assert gate.urn in provider.dependencies

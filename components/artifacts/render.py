@@ -54,6 +54,8 @@ INSTALL_RETRY_PAUSE_SECONDS = 30
 TOKEN_WAIT_SECONDS = 60
 # kubeadm's cluster CA on the control plane, readable by every user there.
 CLUSTER_CA = "/etc/kubernetes/pki/ca.crt"
+# kubeadm's admin kubeconfig on the control plane (root only).
+ADMIN_CONF = "/etc/kubernetes/admin.conf"
 
 
 @lru_cache(maxsize=1)
@@ -213,7 +215,9 @@ def api_steady_script(config: ClusterConfig) -> str:
         timeout_seconds=patience.api_steady_timeout_seconds,
         openapi_within_seconds=patience.openapi_within_seconds,
         readyz_url=f"{config.api_endpoint}/readyz",
+        openapi_url=f"{config.api_endpoint}/openapi/v2",
         ca_file=CLUSTER_CA,
+        admin_conf=ADMIN_CONF,
     )
 
 
