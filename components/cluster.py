@@ -44,8 +44,8 @@ class Cluster(pulumi.ComponentResource):
         self.network = ClusterNetwork(f"{name}-network", ClusterNetworkArgs(config), on_host)
         self.store = ImageStore(f"{name}-images", ImageStoreArgs(config, args.kept_store), on_host)
         # Every node at once, after the network and the base image. Seeds are uploaded, never read
-        # back (components/artifacts/seed.py): 24 uploads and 24 overlays side by side on the
-        # provider's one connection, 5 rounds of up/refresh/destroy, never hung (docs/design.md).
+        # back (components/artifacts/seed.py), and the provider creates one pool's volumes one at a
+        # time itself (v0.8.1 locks the pool): see docs/design.md for the code read and the runs.
         self.nodes: dict[str, Node] = {}
         after: list[pulumi.Resource] = [self.network.network, self.store.base_image]
         for spec in config.nodes:
