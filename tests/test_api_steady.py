@@ -13,7 +13,7 @@ import http.server
 import ssl
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -132,16 +132,29 @@ def run_gate(
     return StandInNode.make(tmp_path, {"sudo": SUDO, "crictl": CRICTL}, script, "").run()
 
 
-@pytest.mark.parametrize("api", [[500, 500, 200]], indirect=True)
-def test_the_gate_opens_after_answers_in_a_row_and_the_document_served(
+Gate = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def gate(
     tmp_path: Path,
     ssh_key: Path,
     api: tuple[ApiServer, str],
     tls: tuple[Path, Path],
     admin: tuple[Path, Path],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    result = run_gate(tmp_path, ssh_key, api, tls[0], admin, monkeypatch)
+) -> Gate:
+    """Runs the gate against `api`, trusting `ca` (the server's own) and presenting `client` (the admin)."""
+
+    def run(ca: Path | None = None, client: tuple[Path, Path] | None = None) -> subprocess.CompletedProcess[str]:
+        return run_gate(tmp_path, ssh_key, api, ca or tls[0], client or admin, monkeypatch)
+
+    return run
+
+
+@pytest.mark.parametrize("api", [[500, 500, 200]], indirect=True)
+def test_the_gate_opens_after_answers_in_a_row_and_the_document_served(api: tuple[ApiServer, str], gate: Gate) -> None:
+    result = gate()
     assert result.returncode == 0, result.stderr
     assert "steady (3 answers in a row after 2 failed, in 0 s; OpenAPI served after 0 s more)" in result.stdout
     assert api[0].asked == 5
@@ -151,58 +164,35 @@ def test_the_gate_opens_after_answers_in_a_row_and_the_document_served(
 
 
 @pytest.mark.parametrize("api", [[200, 200, 500, 200, 500] * 20], indirect=True)
-def test_an_api_server_that_keeps_failing_closes_the_gate_with_one_line(
-    tmp_path: Path,
-    ssh_key: Path,
-    api: tuple[ApiServer, str],
-    tls: tuple[Path, Path],
-    admin: tuple[Path, Path],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    result = run_gate(tmp_path, ssh_key, api, tls[0], admin, monkeypatch)
+def test_an_api_server_that_keeps_failing_closes_the_gate_with_one_line(api: tuple[ApiServer, str], gate: Gate) -> None:
+    result = gate()
     assert result.returncode == 1
     assert "did not answer /readyz 3 times in a row within 4 s" in result.stderr
     assert len(api[0].openapi_accepts) == 1, "only the warm-up: the gate never got as far as the check"
 
 
 @pytest.mark.parametrize("api", [[200]], indirect=True)
-def test_an_openapi_document_never_served_closes_the_gate(
-    tmp_path: Path,
-    ssh_key: Path,
-    api: tuple[ApiServer, str],
-    tls: tuple[Path, Path],
-    admin: tuple[Path, Path],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_an_openapi_document_never_served_closes_the_gate(api: tuple[ApiServer, str], gate: Gate) -> None:
     api[0].openapi_down = True
-    result = run_gate(tmp_path, ssh_key, api, tls[0], admin, monkeypatch)
+    result = gate()
     assert result.returncode == 1
     assert "did not serve /openapi/v2 within 20 s" in result.stderr
 
 
 @pytest.mark.parametrize("api", [[200]], indirect=True)
 def test_an_api_server_the_cluster_ca_did_not_sign_is_never_ready(
-    tmp_path: Path,
-    ssh_key: Path,
-    api: tuple[ApiServer, str],
-    admin: tuple[Path, Path],
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, api: tuple[ApiServer, str], gate: Gate
 ) -> None:
     other_ca, _ = self_signed(tmp_path, "other")
-    result = run_gate(tmp_path, ssh_key, api, other_ca, admin, monkeypatch)
+    result = gate(ca=other_ca)
     assert result.returncode == 1
     assert api[0].asked == 0, "no request passes the TLS handshake"
 
 
 @pytest.mark.parametrize("api", [[200]], indirect=True)
 def test_without_the_admins_certificate_nothing_is_answered(
-    tmp_path: Path,
-    ssh_key: Path,
-    api: tuple[ApiServer, str],
-    tls: tuple[Path, Path],
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, api: tuple[ApiServer, str], gate: Gate
 ) -> None:
-    stranger = self_signed(tmp_path, "stranger")
-    result = run_gate(tmp_path, ssh_key, api, tls[0], stranger, monkeypatch)
+    result = gate(client=self_signed(tmp_path, "stranger"))
     assert result.returncode == 1
     assert api[0].asked == 0 and not api[0].openapi_accepts
