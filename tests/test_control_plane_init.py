@@ -41,6 +41,8 @@ case "$1" in
     for leftover in "$k/admin.conf" "$k/manifests/kube-apiserver.yaml" "$ROOT/var/lib/etcd/member"; do
       [ ! -e "$leftover" ] || { echo "[ERROR] $leftover already exists" >&2; exit 1; }
     done
+    # The API watch must be asking before the API server comes up.
+    [ ! -e "$WATCH_LOG" ] || touch "$ROOT/watched-before-init"
     touch "$k/admin.conf"
     [ "${DIE_AFTER:-}" != kubeconfig ] || exit 137
     mkdir -p "$k/manifests" "$ROOT/var/lib/etcd/member"
@@ -62,19 +64,20 @@ esac
 """
 
 
-class ControlPlaneNode(StandInNode):
-    def init(self, **env: str) -> subprocess.CompletedProcess[str]:
-        return self.run(**env)
-
-
 def quick(config: ClusterConfig) -> ClusterConfig:
     """The slow-host set (patches included), with a short wait for an API server that never answers."""
     patient = dataclasses.replace(tolerances.EMULATED, api_steady_timeout_seconds=3)
     return dataclasses.replace(config, tolerances=patient)
 
 
+class ControlPlaneNode(StandInNode):
+    def init(self, **env: str) -> subprocess.CompletedProcess[str]:
+        return self.run(WATCH_LOG=str(self.root / "run/api-watch.log"), **env)
+
+
 @pytest.fixture
-def node(tmp_path: Path, ssh_key: Path) -> ControlPlaneNode:
+def node(tmp_path: Path, ssh_key: Path, monkeypatch: pytest.MonkeyPatch) -> ControlPlaneNode:
+    monkeypatch.setattr(render, "WATCH_DIRECTORY", str(tmp_path / "root/run"))
     script = render.kubeadm_init_script(quick(cluster_config(ssh_key, domainType="qemu")))
     tools = {"sudo": FAKE_SUDO, "kubeadm": FAKE_KUBEADM, "kubectl": FAKE_KUBECTL}
     return ControlPlaneNode.make(tmp_path, tools, script, "kind: InitConfiguration\n")
@@ -85,6 +88,7 @@ def test_a_fresh_node_is_initialised_once_with_its_patches(node: ControlPlaneNod
     assert first.returncode == 0, first.stderr
     assert node.has("/var/lib/kube-on-air/kubeadm-init.done")
     assert node.has("/var/lib/kube-on-air/patches/kube-apiserver+strategic.yaml")
+    assert node.has("/watched-before-init"), "the gate after init reads a watch started before it"
     again = node.init()
     assert again.returncode == 0 and "already initialised" in again.stdout
     assert node.kubeadm_calls() == ["init"]

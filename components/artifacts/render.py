@@ -56,6 +56,9 @@ TOKEN_WAIT_SECONDS = 60
 CLUSTER_CA = "/etc/kubernetes/pki/ca.crt"
 # kubeadm's admin kubeconfig on the control plane (root only).
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
+# The API watch's program, and its log, pid and stop files (tmpfs: a reboot ends any streak).
+WATCH_PROGRAM = "/var/lib/kube-on-air/api-watch.py"
+WATCH_DIRECTORY = "/run/kube-on-air"
 
 
 @lru_cache(maxsize=1)
@@ -203,22 +206,34 @@ def kubeadm_init_script(config: ClusterConfig) -> str:
         patches=static_pod_patches(config),
         patches_directory=PATCHES_DIRECTORY,
         api_wait_seconds=config.tolerances.api_steady_timeout_seconds,
+        **_api_watch(config),
     )
 
 
 def api_steady_script(config: ClusterConfig) -> str:
+    return render("scripts/api-steady.sh.j2", **_api_watch(config))
+
+
+def api_watch_program(config: ClusterConfig) -> str:
+    """The python3 program both scripts above put on the control plane (its `watch` and `gate`)."""
+    return render("scripts/lib/api-watch.py.j2", **_api_watch(config))
+
+
+def _api_watch(config: ClusterConfig) -> dict[str, Any]:
+    """What the API watch that kubeadm init starts and the gate after it reads are rendered with."""
     patience = config.tolerances
-    return render(
-        "scripts/api-steady.sh.j2",
-        checks=patience.api_steady_checks,
-        interval_seconds=patience.api_steady_interval_seconds,
-        timeout_seconds=patience.api_steady_timeout_seconds,
-        openapi_within_seconds=patience.openapi_within_seconds,
-        readyz_url=f"{config.api_endpoint}/readyz",
-        openapi_url=f"{config.api_endpoint}/openapi/v2",
-        ca_file=CLUSTER_CA,
-        admin_conf=ADMIN_CONF,
-    )
+    return {
+        "checks": patience.api_steady_checks,
+        "interval_seconds": patience.api_steady_interval_seconds,
+        "timeout_seconds": patience.api_steady_timeout_seconds,
+        "openapi_within_seconds": patience.openapi_within_seconds,
+        "readyz_url": f"{config.api_endpoint}/readyz",
+        "openapi_url": f"{config.api_endpoint}/openapi/v2",
+        "ca_file": CLUSTER_CA,
+        "admin_conf": ADMIN_CONF,
+        "watch_program": WATCH_PROGRAM,
+        "watch_directory": WATCH_DIRECTORY,
+    }
 
 
 def join_credentials_script(node: NodeSpec) -> str:
