@@ -140,13 +140,26 @@ def test_collect_puts_the_nodes_the_pods_and_the_phase_clock_in_one_record() -> 
     assert record.steps[-1].seconds == 35.0, "the gate runs from init's phase mark to its own"
     assert ("get", "pods", "-n", "kube-on-air", "-l", "app=probe") in asked
     assert Record.from_json(record.to_json()) == record
+    assert timeline.critical_path_seconds(record), "the record has a critical path of node steps"
+
+
+def test_the_overhead_ratio_divides_by_the_node_steps_on_the_critical_path_only() -> None:
+    steps = [
+        step("head10", "boot to cloud-init done", 0, 70),
+        step("head10", "kubeadm init", 72, 150),
+        step("pulumi", "API gate", 150, 190),
+        step("work11", "kubeadm join", 160, 166),  # beside the gate: not on the path
+        step("head10", "kube-router Ready", 192, 210),
+        step("head10", "probe Ready", 212, 260),
+    ]
+    record = Record(stack="e2e", started_at=T0, phases={}, steps=steps, wall_seconds=265.0, nodes=["head10", "work11"])
     assert timeline.critical_path_seconds(record) == {
-        "boot_to_cloud_init_done": 75.0,
-        "kubeadm_init": 70.0,
-        "join": 6.0,
-        "kube_router_ready": 30.0,
-        "probe_ready": 30.0,
+        "head10 boot to cloud-init done": 70.0,
+        "head10 kubeadm init": 78.0,
+        "head10 kube-router Ready": 18.0,
+        "head10 probe Ready": 48.0,
     }
+    assert timeline.overhead_ratio(record) == round(265 / 214, 2)
 
 
 @pytest.fixture

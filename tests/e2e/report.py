@@ -1,8 +1,8 @@
 """The e2e report: every pulumi command's wall time, phaseSeconds, resource counts, and the
-orchestration overhead of the first `up`: its wall time against the sum of the critical-path steps
-as the nodes and the cluster timed them (boot to cloud-init done, kubeadm init, the join, kube-router
-ready, the probe ready). The ratio is the figure to compare between runs and machines.
-"""
+orchestration overhead of the first `up`: its wall time against the node steps on the run's critical
+path (tools/timeline.py: boot to cloud-init done, kubeadm init, kube-router and the probe Ready, as the
+nodes and the API server timed them). The API gate, the waits between steps and what ran beside the
+path are ours. The ratio is the figure to compare between runs and machines."""
 
 from __future__ import annotations
 
