@@ -15,6 +15,7 @@ from components.artifacts.hostkeys import HostKey
 from components.cni import Cni, CniArgs
 from components.config.settings import ClusterConfig
 from components.kubeadm import ControlPlane, ControlPlaneArgs, WorkerJoin, WorkerJoinArgs
+from components.localpath import LocalPath, LocalPathArgs
 from components.network import ClusterNetwork, ClusterNetworkArgs
 from components.node import Node, NodeArgs
 from components.preflight.facts import KeptStore
@@ -105,11 +106,16 @@ class Cluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.api_steady]),
         )
         self.cni = Cni(f"{name}-cni", CniArgs(config, self.kubernetes), pulumi.ResourceOptions(parent=self))
+        self.local_path: LocalPath | None = None
+        if "local-path" in config.addons:
+            self.local_path = LocalPath(
+                f"{name}-local-path", LocalPathArgs(self.kubernetes, self.cni), pulumi.ResourceOptions(parent=self)
+            )
         self.workloads: Workloads | None = None
         if config.workloads:
             self.workloads = Workloads(
                 f"{name}-workloads",
-                WorkloadsArgs(config, self.kubernetes, self.cni, joined),
+                WorkloadsArgs(config, self.kubernetes, self.cni, joined, self.local_path),
                 pulumi.ResourceOptions(parent=self),
             )
         self.clock = PhaseClock(f"{name}-phases", PhaseClockArgs(self._phases()), pulumi.ResourceOptions(parent=self))
@@ -124,6 +130,8 @@ class Cluster(pulumi.ComponentResource):
             "api-steady": [self.api_steady],
             "cni-ready": [self.cni],
         }
+        if self.local_path is not None:
+            phases["addons-ready"] = [self.local_path]
         if self.workloads is not None:
             phases["workloads-ready"] = [self.workloads]
         return phases

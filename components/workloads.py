@@ -1,4 +1,5 @@
-"""The seed's test workloads: kuard, dnstools and a connectivity check gating `pulumi up`.
+"""The seed's test workloads: kuard, dnstools and a connectivity check gating `pulumi up`, and a
+stateful example whose data lives on volumes of the default StorageClass.
 
 Only the connectivity check is awaited (its probe, with `connectivityTimeoutSeconds`); everything
 else is applied and left to its controller, so a slow image pull of kuard or dnstools never holds
@@ -12,7 +13,13 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
-from pulumi_kubernetes.apps.v1 import Deployment, DeploymentSpecArgs
+from pulumi_kubernetes.apps.v1 import (
+    Deployment,
+    DeploymentSpecArgs,
+    StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicyArgs,
+    StatefulSetSpecArgs,
+)
 from pulumi_kubernetes.core.v1 import (
     AffinityArgs,
     ContainerArgs,
@@ -21,6 +28,8 @@ from pulumi_kubernetes.core.v1 import (
     HostPathVolumeSourceArgs,
     HTTPGetActionArgs,
     Namespace,
+    PersistentVolumeClaimArgs,
+    PersistentVolumeClaimSpecArgs,
     PodAffinityTermArgs,
     PodAntiAffinityArgs,
     PodSpecArgs,
@@ -33,6 +42,7 @@ from pulumi_kubernetes.core.v1 import (
     TolerationArgs,
     VolumeArgs,
     VolumeMountArgs,
+    VolumeResourceRequirementsArgs,
 )
 from pulumi_kubernetes.meta.v1 import LabelSelectorArgs, ObjectMetaArgs
 
@@ -51,6 +61,12 @@ ECHO_PORT = 8080
 # pulumi-kubernetes annotation: apply the object and do not wait for it to become ready (nor, for a
 # Deployment, for its deletion). Without it a Deployment is awaited until Available, 10 min by default.
 APPLY_ONLY = {"pulumi.com/skipAwait": "true"}
+# The stateful example: each pod appends a line to its own volume when it starts, so a pod deleted
+# and started again finds the lines of its earlier lives (what `make e2e` checks).
+STATEFUL_REPLICAS = 2
+STATEFUL_VOLUME = "64Mi"
+STATEFUL_LOG = "/data/starts"
+RECORD_START = f'echo "$(date -u +%FT%TZ) $HOSTNAME" >> {STATEFUL_LOG} && exec /agnhost pause'
 # The label the Deployment controller puts on each revision's pods (and ReplicaSet).
 REVISION_LABEL = "pod-template-hash"
 
@@ -62,8 +78,13 @@ CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane"
 
 def images(workloads: tuple[str, ...]) -> tuple[str, ...]:
     """The images the chosen workloads run."""
-    chosen = {"kuard": KUARD_IMAGE, "dnstools": DNSTOOLS_IMAGE, "connectivity-check": AGNHOST_IMAGE}
-    return tuple(chosen[w] for w in workloads if w in chosen)
+    chosen = {
+        "kuard": KUARD_IMAGE,
+        "dnstools": DNSTOOLS_IMAGE,
+        "connectivity-check": AGNHOST_IMAGE,
+        "stateful": AGNHOST_IMAGE,
+    }
+    return tuple(dict.fromkeys(chosen[w] for w in workloads if w in chosen))
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,8 @@ class WorkloadsArgs:
     cni: pulumi.Resource
     # The workers' joins: the gate waits for them, so that its timeout counts pods, not joins.
     joined: Sequence[pulumi.Resource] = ()
+    # The default StorageClass and its provisioner (the local-path add-on), for the stateful example.
+    storage: pulumi.Resource | None = None
 
 
 def one_per_node(labels: dict[str, str]) -> AffinityArgs:
@@ -154,6 +177,9 @@ class Workloads(pulumi.ComponentResource):
             self.echo, self.echo_service, self.probe = _connectivity_check(
                 name, per_node, every_node, config.tolerances, child, gate
             )
+        if "stateful" in config.workloads and args.storage is not None:
+            claims = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[args.storage]))
+            self.stateful_service, self.stateful = _stateful(name, claims)
         self.register_outputs({"namespace": NAMESPACE, "workloads": list(config.workloads)})
 
 
@@ -205,6 +231,51 @@ def _kuard(name: str, opts: pulumi.ResourceOptions) -> Deployment:
         opts,
         awaited=False,
     )
+
+
+def _stateful(name: str, opts: pulumi.ResourceOptions) -> tuple[Service, StatefulSet]:
+    """A StatefulSet with a volume claim per replica, of the default StorageClass; applied, not awaited."""
+    labels = {"app": "stateful"}
+    service = Service(
+        f"{name}-stateful-svc",
+        metadata=ObjectMetaArgs(name="stateful", namespace=NAMESPACE, labels=labels),
+        spec=ServiceSpecArgs(cluster_ip="None", selector=labels, ports=[ServicePortArgs(name="none", port=80)]),
+        opts=opts,
+    )
+    claim = PersistentVolumeClaimArgs(
+        metadata=ObjectMetaArgs(name="data"),
+        spec=PersistentVolumeClaimSpecArgs(
+            access_modes=["ReadWriteOnce"],
+            resources=VolumeResourceRequirementsArgs(requests={"storage": STATEFUL_VOLUME}),
+        ),
+    )
+    pod = PodSpecArgs(
+        containers=[
+            ContainerArgs(
+                name="stateful",
+                image=AGNHOST_IMAGE,
+                command=["/bin/sh", "-c", RECORD_START],
+                volume_mounts=[VolumeMountArgs(name="data", mount_path="/data")],
+            )
+        ],
+    )
+    stateful = StatefulSet(
+        f"{name}-stateful",
+        metadata=ObjectMetaArgs(name="stateful", namespace=NAMESPACE, labels=labels, annotations=APPLY_ONLY),
+        spec=StatefulSetSpecArgs(
+            service_name="stateful",
+            replicas=STATEFUL_REPLICAS,
+            selector=LabelSelectorArgs(match_labels=labels),
+            template=PodTemplateSpecArgs(metadata=ObjectMetaArgs(labels=labels), spec=pod),
+            volume_claim_templates=[claim],
+            # Switched off, the example takes its volumes (and their directories on the nodes) with it.
+            persistent_volume_claim_retention_policy=StatefulSetPersistentVolumeClaimRetentionPolicyArgs(
+                when_deleted="Delete", when_scaled="Retain"
+            ),
+        ),
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[service])),
+    )
+    return service, stateful
 
 
 def _dnstools(name: str, replicas: int, opts: pulumi.ResourceOptions) -> Deployment:

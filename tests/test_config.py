@@ -51,6 +51,8 @@ BAD_VALUES = [
     ("cni", "flannel", "kube-router, calico"),
     ("workloads", '["kuard", "nginx"]', "unknown workload"),  # shown as the unknown name only
     ("workloads", "kuard", "JSON list"),
+    ("addons", '["metallb-nightly"]', "unknown add-on"),
+    ("addons", "local-path", "JSON list"),
     ("kubernetesVersion", "1.34", "full version"),
     ("kubernetesVersion", "latest", "full version"),
     ("kubernetesVersion", "1.28.4", "v1beta4"),
@@ -77,7 +79,8 @@ def test_bad_value_names_key_value_and_fix(ssh_key: Path, key: str, value: str, 
     message = str(cfg.ConfigError(found))
     assert any(p.key == key or (key == "podCidr" and p.key == "serviceCidr") for p in found), message
     assert f"{NS}:" in message
-    shown = "nginx" if key == "workloads" and "nginx" in value else value
+    # A list shows only its unknown names.
+    shown = next((name for name in ("nginx", "metallb-nightly") if name in value), value)
     assert shown in message, message
     assert fix_words in message, message
 
@@ -260,3 +263,10 @@ def test_engine_config_is_checked_for_mistaken_keys(
     assert typo.error is not None
     assert f"{NS}:workerCont = '5': unknown key; did you mean {NS}:workerCount?" in typo.error
     assert typo.resources == []
+
+
+def test_the_stateful_workload_without_a_storage_class_is_one_problem(ssh_key: Path) -> None:
+    found = problems(ssh_key, workloads='["stateful"]', addons="[]")
+    assert [(p.key, p.value) for p in found] == [("addons", "[]")]
+    assert '"local-path"' in found[0].fix
+    assert cfg.load(raw_air(ssh_key, workloads='["stateful"]'), "air").addons == ("local-path",), "the default"

@@ -53,7 +53,7 @@ def test_air_stack_registers_the_seed_cluster(air: Evaluation) -> None:
         r"kube-router:v\d+\.\d+\.\d+$", daemon_set.plain("spec")["template"]["spec"]["containers"][0]["image"]
     )
     deployments = {d.plain("metadata")["name"]: d for d in air.of_type("kubernetes:apps/v1:Deployment")}
-    assert sorted(deployments) == ["dnstools", "echo", "kuard", "probe"]  # kuard: see test_workloads
+    assert sorted(deployments) == ["dnstools", "echo", "kuard", "local-path-provisioner", "probe"]
     assert deployments["dnstools"].plain("spec")["replicas"] == 3
     assert air.outputs["kubeconfig"]["secret"] is True
 
@@ -90,6 +90,7 @@ def test_components_follow_pulumi_conventions(air: Evaluation) -> None:
         "cluster",
         "network",
         "storage",
+        "localpath",
         "node",
         "kubeadm",
         "cni",
@@ -383,9 +384,11 @@ def test_phase_timing_is_recorded_in_run_order(air: Evaluation) -> None:
         "joins",
         "api-steady",
         "cni-ready",
+        "addons-ready",
         "workloads-ready",
     }
     assert set(phases.values()) == {42.5}
+    assert "kube-on-air-local-path-provisioner" in transitive(air, "kube-on-air-phases-addons-ready")
     assert "kube-on-air-cni-ds" in transitive(air, "kube-on-air-phases-cni-ready")
     assert "kube-on-air-workloads-probe" in transitive(air, "kube-on-air-phases-workloads-ready")
     assert "kube-on-air-phases-start" in transitive(air, "kube-on-air-phases-vms-up")

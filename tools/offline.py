@@ -183,8 +183,8 @@ def missing_images(home: Path, stack: str, image_dir: Path) -> list[str]:
 
 
 def stack_images(stack: str) -> list[str]:
-    """Every image the workloads and CNI of STACK run, as the manifests name them (kubeadm's are its own)."""
-    from components import cni, workloads
+    """Every image the workloads, add-ons and CNI of STACK run, as the manifests name them (kubeadm's are its own)."""
+    from components import cni, localpath, workloads
     from components.config import settings as config
 
     values = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text()).get("config") or {}
@@ -194,7 +194,8 @@ def stack_images(stack: str) -> list[str]:
         return config.DEFAULTS[key] if value is None else value if isinstance(value, str) else json.dumps(value)
 
     chosen = json.loads(setting("workloads"))
-    return sorted({*cni.images(setting("cni")), *workloads.images(tuple(chosen))})
+    addons = localpath.images() if "local-path" in json.loads(setting("addons")) else ()
+    return sorted({*cni.images(setting("cni")), *workloads.images(tuple(chosen)), *addons})
 
 
 def main(argv: list[str] | None = None) -> int:

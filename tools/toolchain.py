@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from components.localpath import BUSYBOX_IMAGE, LOCAL_PATH_IMAGE
+from components.localpath import VERSION as LOCAL_PATH_PROVISIONER
 from components.workloads import DNSTOOLS_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,6 +260,14 @@ def build_crictl(ctx: Context, work: Path, out: Path) -> str:
     return f"{module}@{CRI_TOOLS}"
 
 
+def build_local_path_provisioner(ctx: Context, work: Path, out: Path) -> str:
+    """rancher's local-path-provisioner (the local-path add-on), as its scripts/build links it."""
+    module = "github.com/rancher/local-path-provisioner"
+    wrapper_module(ctx, work, module, LOCAL_PATH_PROVISIONER)
+    go_build(ctx, work, out / "local-path-provisioner", [module], f"-X main.VERSION={LOCAL_PATH_PROVISIONER}")
+    return f"{module}@{LOCAL_PATH_PROVISIONER}"
+
+
 def build_agnhost(ctx: Context, work: Path, out: Path) -> str:
     """agnhost from the test tree of the pinned Kubernetes, whose VERSION file names its image tag."""
     version = f"v{kubernetes_version()}"
@@ -280,6 +290,11 @@ DNSTOOLS_PACKAGES = "bash,dnsutils,curl,iputils-ping,ca-certificates"
 # netcat-openbsd, iproute2, iperf and bash; e2e tests and `kubectl exec` users rely on them. The same
 # tools from Debian, plus what the Dockerfile adds: CoreDNS at /coredns, /uploads, the porter
 # certificates, the agnhost-2 link, user 1000 in group 50000, entrypoint /agnhost with CMD pause.
+# busybox: upstream's image is the busybox binary with its applets and CMD sh; Debian's busybox on an
+# essential rootfs offers the same commands (local-path's helper pods run sh, mkdir and rm in it).
+BUSYBOX_PACKAGES = "busybox"
+# local-path-provisioner: upstream's is Alpine (with busybox) and the binary in /usr/bin.
+LOCAL_PATH_PACKAGES = "ca-certificates"
 AGNHOST_PACKAGES = "bash,dnsutils,curl,netcat-openbsd,iproute2,iperf,ca-certificates"
 AGNHOST_USER = "user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh\n"
 AGNHOST_GROUPS = "user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n"
@@ -322,6 +337,17 @@ def finish_agnhost(ctx: Context, work: Path, rootfs: Path) -> None:
     (rootfs / "home" / "user-defined-in-image").mkdir(parents=True, exist_ok=True)
 
 
+def finish_busybox(ctx: Context, work: Path, rootfs: Path) -> None:
+    """Every applet by its name, as in upstream's image, where Debian has no command of that name."""
+    applets = subprocess.run(
+        [str(rootfs / "bin" / "busybox"), "--list-full"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for applet in applets:
+        link = rootfs / applet
+        if not (link.exists() or link.is_symlink()) and link.parent.is_dir():
+            link.symlink_to("/bin/busybox")
+
+
 def images_to_build(home: Path) -> list[Image]:
     versions = load_versions(home)
     k8s = f"v{kubernetes_version()}"
@@ -352,6 +378,15 @@ def images_to_build(home: Path) -> list[Image]:
             finish=finish_agnhost,
         ),
         Image(DNSTOOLS_IMAGE, None, "/bin/bash", True, DNSTOOLS_PACKAGES),
+        Image(BUSYBOX_IMAGE, None, "/bin/sh", False, BUSYBOX_PACKAGES, cmd="sh", finish=finish_busybox),
+        Image(
+            LOCAL_PATH_IMAGE,
+            "local-path-provisioner/local-path-provisioner",
+            "/usr/bin/local-path-provisioner",
+            False,
+            LOCAL_PATH_PACKAGES,
+            cmd="local-path-provisioner",
+        ),
     ]
 
 
@@ -421,6 +456,9 @@ class Piece:
     # Raised when what the piece puts out changes without a pin changing: a toolchain built by an
     # earlier recipe rebuilds the piece instead of keeping it (a record without one is recipe 1).
     recipe: int = 1
+    # The version of a piece built beside the toolchain's pinned core (not in cache_key): a new pin
+    # rebuilds that piece alone.
+    pin: str | None = None
 
 
 PIECES = (
@@ -429,7 +467,9 @@ PIECES = (
     Piece("coredns", build_coredns, needs_versions=True),
     Piece("pause", build_pause, needs_versions=True),
     Piece("agnhost", build_agnhost),
-    Piece("images", build_images, needs_versions=True, recipe=2),  # 2: agnhost as upstream's; slim Debian
+    Piece("local-path-provisioner", build_local_path_provisioner, pin=LOCAL_PATH_PROVISIONER),
+    # 2: agnhost as upstream's; slim Debian. 3: the local-path add-on's provisioner and busybox.
+    Piece("images", build_images, needs_versions=True, recipe=3),
     Piece("pulumi", build_pulumi),
     Piece("pulumi-resource-kubernetes", build_kubernetes_provider),
     Piece("cri-tools", build_crictl),
@@ -468,7 +508,7 @@ def build_piece(piece: Piece, home: Path, go: str) -> dict[str, Any]:
     done = home / "pieces" / f"{piece.name}.json"
     if done.exists():
         record: dict[str, Any] = json.loads(done.read_text())
-        if record.get("recipe", 1) == piece.recipe:
+        if record.get("recipe", 1) == piece.recipe and record.get("pin") == piece.pin:
             return {**record, "this_run": "cached"}
     out, work = home / "pieces" / piece.name, home / "work" / piece.name
     for stale in (out, work):  # a killed run leaves half a piece: start that piece again
@@ -487,6 +527,7 @@ def build_piece(piece: Piece, home: Path, go: str) -> dict[str, Any]:
     record = {
         "piece": piece.name,
         "recipe": piece.recipe,
+        "pin": piece.pin,
         "status": "built",
         "source": source,
         "go": go,

@@ -26,7 +26,9 @@ CONTROL_PLANE = "control-plane"
 WORKER = "worker"
 
 SUPPORTED_CNIS = ("kube-router", "calico")
-SUPPORTED_WORKLOADS = ("kuard", "dnstools", "connectivity-check")
+SUPPORTED_WORKLOADS = ("kuard", "dnstools", "connectivity-check", "stateful")
+# Cluster add-ons, each applied after the CNI (components/localpath.py, ...).
+SUPPORTED_ADDONS = ("local-path",)
 DOMAIN_TYPES = ("kvm", "qemu")
 # kubeadm's v1beta4 config API exists from 1.31; kubernetes-validate ships schemas up to 1.37.
 MIN_KUBERNETES_MINOR = 31
@@ -62,6 +64,8 @@ DEFAULTS: dict[str, str] = {
     "kubernetesVersion": "1.34.2",
     "cni": "kube-router",
     "workloads": '["kuard", "dnstools", "connectivity-check"]',
+    # A default StorageClass, as kind and k3s ship one: PVCs of charts and StatefulSets bind.
+    "addons": '["local-path"]',
     "imageSource": DEFAULT_IMAGE,
     "prebaked": "false",
     "keepBaseImage": "false",
@@ -143,6 +147,7 @@ class ClusterConfig:
     kubernetes_version: str
     cni: str
     workloads: tuple[str, ...]
+    addons: tuple[str, ...]
     image_source: str
     prebaked: bool
     keep_base_image: bool
@@ -361,7 +366,20 @@ def _read_kubernetes(reader: _Reader, network: ipaddress.IPv4Network | None) -> 
     return version, str(pods or ""), str(services or "")
 
 
-def _read_choices(reader: _Reader) -> tuple[str, tuple[str, ...], str]:
+def _read_addons(reader: _Reader, workloads: tuple[str, ...]) -> tuple[str, ...]:
+    none: tuple[str, ...] = ()
+    addons = reader.parse("addons", _string_list, 'use a JSON list, e.g. ["local-path"], or [] for none', none)
+    unknown = [a for a in addons if a not in SUPPORTED_ADDONS]
+    if unknown:
+        reader.problem("addons", ", ".join(unknown), f"unknown add-on; choose from: {', '.join(SUPPORTED_ADDONS)}")
+    if "stateful" in workloads and "local-path" not in addons:
+        reader.problem(
+            "addons", json.dumps(list(addons)), 'the stateful workload claims volumes: add "local-path" to addons'
+        )
+    return addons
+
+
+def _read_choices(reader: _Reader) -> tuple[str, tuple[str, ...], tuple[str, ...], str]:
     cni = reader.text("cni")
     if cni not in SUPPORTED_CNIS:
         reader.problem("cni", cni, f"use one of: {', '.join(SUPPORTED_CNIS)}")
@@ -374,10 +392,11 @@ def _read_choices(reader: _Reader) -> tuple[str, tuple[str, ...], str]:
         reader.problem(
             "workloads", ", ".join(unknown), f"unknown workload; choose from: {', '.join(SUPPORTED_WORKLOADS)}"
         )
+    addons = _read_addons(reader, workloads)
     domain_type = reader.text("domainType")
     if domain_type not in DOMAIN_TYPES:
         reader.problem("domainType", domain_type, "use 'kvm' (hardware virtualisation) or 'qemu' (software emulation)")
-    return cni, workloads, domain_type
+    return cni, workloads, addons, domain_type
 
 
 def _read_slow_host(reader: _Reader, domain_type: str) -> Tolerances:
@@ -466,7 +485,7 @@ def load(
     network = _read_network(reader)
     control_plane, workers = _read_nodes(reader, network)
     version, pods, services = _read_kubernetes(reader, network)
-    cni, workloads, domain_type = _read_choices(reader)
+    cni, workloads, addons, domain_type = _read_choices(reader)
     user, key_path, public_key = _read_ssh(reader)
     host_key_dir = _read_host_key_dir(reader)
     connectivity_timeout = _read_connectivity_timeout(reader)
@@ -507,6 +526,7 @@ def load(
         kubernetes_version=version,
         cni=cni,
         workloads=workloads,
+        addons=addons,
         image_source=image,
         prebaked=prebaked,
         keep_base_image=keep_base,

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from components.localpath import VOLUME_ROOT
+from components.workloads import STATEFUL_LOG, STATEFUL_REPLICAS
 from tests.e2e.conftest import POOL, REPORT, leftovers, pool_volumes
 from tests.e2e.stack import CommandRecord, E2EStack, changes, step_times
 from tests.vm import libvirt_host as lh
@@ -203,6 +205,53 @@ def test_the_cluster_works(e2e: E2EStack) -> None:
     assert {s.node for s in record.steps} == {*node_names(1), timeline.PULUMI_ROW}, record.steps
     REPORT["critical_path_seconds"] = timeline.critical_path_seconds(record)
     REPORT["control_plane_restarts"] = control_plane_restarts(e2e)
+
+
+def stateful_ready(e2e: E2EStack, not_uid: str = "") -> str | None:
+    """Every replica of the stateful example Ready (stateful-0 a new pod when `not_uid` names the old)."""
+    found = {p["metadata"]["name"]: p for p in pods(e2e, NAMESPACE, "app=stateful")}
+    want = [f"stateful-{i}" for i in range(STATEFUL_REPLICAS)]
+    if sorted(found) != want:
+        return f"stateful pods {sorted(found)}, want {want}"
+    if found["stateful-0"]["metadata"]["uid"] == not_uid:
+        return "stateful-0 is still the deleted pod"
+    waiting = [name for name, pod in found.items() if not ready(pod)]
+    return f"not Ready: {waiting}" if waiting else None
+
+
+def starts(e2e: E2EStack, pod: str) -> list[str]:
+    return exec_in(e2e, pod, "cat", STATEFUL_LOG).splitlines()
+
+
+def test_a_claimed_volume_outlives_its_pod(e2e: E2EStack) -> None:
+    """Issue 25: the default StorageClass, a bound claim per replica on its node's disk, and a pod
+    deleted and started again that finds what its earlier life wrote."""
+    classes = e2e.kubectl_json("get", "storageclass")["items"]
+    default = [
+        c["metadata"]["name"]
+        for c in classes
+        if c["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class") == "true"
+    ]
+    assert default == ["local-path"], default
+    wait_for("the stateful example's replicas Ready", lambda: stateful_ready(e2e))
+    claims = e2e.kubectl_json("get", "pvc", "-n", NAMESPACE)["items"]
+    bound = sorted(c["metadata"]["name"] for c in claims if c["status"].get("phase") == "Bound")
+    assert bound == [f"data-stateful-{i}" for i in range(STATEFUL_REPLICAS)], claims
+    before = starts(e2e, "stateful-0")
+    assert len(before) == 1, before
+    node = pods(e2e, NAMESPACE, "statefulset.kubernetes.io/pod-name=stateful-0")[0]["spec"]["nodeName"]
+    volumes = ssh(e2e, node, f"sudo ls {VOLUME_ROOT}").split()
+    assert any(v.endswith("_kube-on-air_data-stateful-0") for v in volumes), volumes
+    uid = pods(e2e, NAMESPACE, "statefulset.kubernetes.io/pod-name=stateful-0")[0]["metadata"]["uid"]
+    started = time.monotonic()
+    e2e.kubectl("delete", "pod", "-n", NAMESPACE, "stateful-0", "--wait=true", timeout=300)
+    wait_for("stateful-0 back", lambda: stateful_ready(e2e, not_uid=uid), every=5)
+    after = starts(e2e, "stateful-0")
+    assert after[:1] == before and len(after) == 2, after
+    REPORT["stateful_pod_back_seconds"] = round(time.monotonic() - started, 1)
+    REPORT["node_memory_used_mib"] = {
+        name: int(ssh(e2e, name, "free -m").splitlines()[1].split()[2]) for name in node_names(1)
+    }
 
 
 def test_ups_after_the_first_change_nothing(e2e: E2EStack) -> None:

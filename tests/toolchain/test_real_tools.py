@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from components.artifacts.render import sandbox_image
+from components.localpath import BUSYBOX_IMAGE, LOCAL_PATH_IMAGE
 from components.workloads import AGNHOST_IMAGE
 from tools import offline
 from tools import toolchain as build
@@ -186,17 +187,20 @@ def test_the_connectivity_check_runs_the_agnhost_the_toolchain_built(toolchain: 
 # ---- images tagged with upstream names behave as upstream's -------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def agnhost_rootfs(toolchain: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The toolchain's agnhost archive unpacked as a container runtime would (root keeps the owners)."""
+def unpacked(toolchain: Path, work: Path, ref: str) -> Path:
+    """The toolchain's archive of `ref` unpacked as a container runtime would (root keeps the owners)."""
     if os.geteuid() != 0:
         pytest.skip("unpacking an image with its owners and running it in a chroot needs root")
-    work = tmp_path_factory.mktemp("agnhost")
-    archive = toolchain / "pieces" / "images" / build.archive_name(AGNHOST_IMAGE)
-    layout = f"oci:{work / 'layout'}:agnhost"
+    archive = toolchain / "pieces" / "images" / build.archive_name(ref)
+    layout = f"oci:{work / 'layout'}:image"
     subprocess.run(["skopeo", "--insecure-policy", "copy", "--quiet", f"docker-archive:{archive}", layout], check=True)
-    subprocess.run(["umoci", "unpack", "--image", f"{work / 'layout'}:agnhost", str(work / "bundle")], check=True)
+    subprocess.run(["umoci", "unpack", "--image", f"{work / 'layout'}:image", str(work / "bundle")], check=True)
     return work / "bundle"
+
+
+@pytest.fixture(scope="session")
+def agnhost_rootfs(toolchain: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return unpacked(toolchain, tmp_path_factory.mktemp("agnhost"), AGNHOST_IMAGE)
 
 
 def in_image(bundle: Path, script: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -233,3 +237,25 @@ def test_agnhost_carries_upstreams_files_links_and_user(agnhost_rootfs: Path) ->
     assert "50000(group-defined-in-image)" in user.stdout
     # A pod running as that user still has a shell and the tools.
     assert in_image(agnhost_rootfs, "id -u && command -v nc", user="1000:1000").stdout.split()[0] == "1000"
+
+
+def test_busybox_has_upstreams_shell_and_applets(toolchain: Path, tmp_path: Path) -> None:
+    bundle = unpacked(toolchain, tmp_path, BUSYBOX_IMAGE)
+    process = json.loads((bundle / "config.json").read_text())["process"]
+    assert process["args"] == ["sh"] and (process["user"]["uid"], process["user"]["gid"]) == (0, 0), "CMD sh, root"
+    version = in_image(bundle, "busybox | head -1").stdout
+    tag = BUSYBOX_IMAGE.rsplit(":", 1)[1]
+    assert version.startswith(f"BusyBox v{tag} "), f"tagged {tag}, carries {version!r}"
+    # What local-path's helper pods run, and applets Debian has no command for, by their names.
+    volume = "/tmp/pvc-1_ns_claim"
+    made = in_image(bundle, f"mkdir -p {volume} && chmod 0777 {volume} && rm -rf {volume} && command -v wget")
+    assert made.returncode == 0 and made.stdout.split() == ["/usr/bin/wget"], made.stderr
+
+
+def test_local_path_provisioner_is_the_pinned_version(toolchain: Path, tmp_path: Path) -> None:
+    bundle = unpacked(toolchain, tmp_path, LOCAL_PATH_IMAGE)
+    process = json.loads((bundle / "config.json").read_text())["process"]
+    assert process["args"] == ["local-path-provisioner"], "CMD local-path-provisioner, as upstream's"
+    version = in_image(bundle, "local-path-provisioner --version && command -v sh")
+    assert version.returncode == 0, version.stderr
+    assert LOCAL_PATH_IMAGE.rsplit(":", 1)[1] in version.stdout, version.stdout

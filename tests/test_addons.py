@@ -1,0 +1,119 @@
+"""The add-ons under the Kubernetes provider: local-path (the default StorageClass), and the stateful
+example that claims its volumes.
+
+Under Pulumi's mock runtime (level 4): which objects `up` registers, what they wait for, and the
+images the nodes must carry; the provisioner's setup and teardown scripts run for real here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import localpath
+from tests.conftest import air_config
+from tests.validators import require_valid, validate_shell_files
+from tools import offline
+from tools.dryrun import Evaluation, Resource, evaluate
+
+STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
+STATEFUL_SET = "kubernetes:apps/v1:StatefulSet"
+
+
+@pytest.fixture(scope="module")
+def stateful(ssh_key: Path) -> Evaluation:
+    evaluation = evaluate("air", air_config(ssh_key, workloads='["connectivity-check", "stateful"]'))
+    assert evaluation.error is None, evaluation.error
+    return evaluation
+
+
+def deployment(evaluation: Evaluation, name: str) -> Resource:
+    (found,) = [d for d in evaluation.of_type("kubernetes:apps/v1:Deployment") if d.plain("metadata")["name"] == name]
+    return found
+
+
+def test_local_path_is_the_default_storage_class_by_default(air: Evaluation) -> None:
+    (storage_class,) = air.of_type(STORAGE_CLASS)
+    assert storage_class.plain("metadata")["name"] == "local-path"
+    assert storage_class.plain("metadata")["annotations"] == {"storageclass.kubernetes.io/is-default-class": "true"}
+    assert storage_class.plain("provisioner") == "rancher.io/local-path"
+    # A volume is made on the node its first pod lands on, not on one chosen before scheduling.
+    assert storage_class.plain("volumeBindingMode") == "WaitForFirstConsumer"
+    pod = deployment(air, "local-path-provisioner").plain("spec")["template"]["spec"]
+    assert pod["containers"][0]["image"] == localpath.LOCAL_PATH_IMAGE
+    assert pod["serviceAccountName"] == localpath.ACCOUNT
+
+
+def test_the_provisioner_waits_for_the_pod_network(air: Evaluation) -> None:
+    provisioner = deployment(air, "local-path-provisioner")
+    waits_for = air.transitive_dependencies(provisioner)
+    (kube_router,) = air.of_type("kubernetes:apps/v1:DaemonSet")
+    assert kube_router.urn in waits_for
+    joins = [r.urn for r in air.resources if r.name.endswith("-kubeadm-join")]
+    assert joins and not waits_for.intersection(joins), "the workers' joins hold up only the probe"
+
+
+def test_helper_pods_run_an_image_the_nodes_carry(air: Evaluation) -> None:
+    (config_map,) = [
+        c for c in air.of_type("kubernetes:core/v1:ConfigMap") if c.plain("metadata")["name"] == "local-path-config"
+    ]
+    data = config_map.plain("data")
+    helper = yaml.safe_load(data["helperPod.yaml"])
+    assert helper["kind"] == "Pod"
+    assert helper["spec"]["containers"][0]["image"] == localpath.BUSYBOX_IMAGE
+    paths = json.loads(data["config.json"])["nodePathMap"]
+    assert paths == [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": [localpath.VOLUME_ROOT]}]
+    # The e2e stack's nodes are baked with every image it runs (make image).
+    needed = offline.stack_images("e2e")
+    assert {localpath.LOCAL_PATH_IMAGE, localpath.BUSYBOX_IMAGE} <= set(needed)
+
+
+def test_no_addons_registers_no_storage(ssh_key: Path) -> None:
+    bare = evaluate("air", air_config(ssh_key, addons="[]"))
+    assert bare.error is None, bare.error
+    assert not bare.of_type(STORAGE_CLASS)
+    assert not [r for r in bare.resources if r.type.startswith("kube-on-air:localpath")]
+
+
+def test_the_stateful_example_claims_a_volume_per_replica_of_the_default_class(stateful: Evaluation) -> None:
+    (statefulset,) = stateful.of_type(STATEFUL_SET)
+    spec = statefulset.plain("spec")
+    (claim,) = spec["volumeClaimTemplates"]
+    assert "storageClassName" not in claim["spec"], "the default class, whichever it is"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert spec["replicas"] >= 2
+    # Switched off, the example takes its claims (and the nodes' directories) with it.
+    assert spec["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    (storage_class,) = stateful.of_type(STORAGE_CLASS)
+    assert storage_class.urn in stateful.transitive_dependencies(statefulset)
+    assert spec["template"]["spec"]["containers"][0]["volumeMounts"] == [{"mountPath": "/data", "name": "data"}]
+
+
+def scripts(tmp_path: Path) -> dict[str, Path]:
+    written = {}
+    for name, text in localpath.provisioner_config().items():
+        if name in ("setup", "teardown"):
+            path = tmp_path / name
+            path.write_text(text)
+            written[name] = path
+    return written
+
+
+def test_setup_and_teardown_make_and_remove_the_volume_directory(tmp_path: Path) -> None:
+    written = scripts(tmp_path)
+    require_valid(validate_shell_files(list(written.values())))
+    volume = tmp_path / "opt" / "pvc-1_kube-on-air_data-stateful-0"
+    env = {**os.environ, "VOL_DIR": str(volume), "VOL_MODE": "Filesystem", "VOL_SIZE_BYTES": "67108864"}
+    subprocess.run(["sh", str(written["setup"])], env=env, check=True, timeout=10)
+    assert volume.is_dir() and stat.S_IMODE(volume.stat().st_mode) == 0o777, "any pod's user may write it"
+    (volume / "starts").write_text("one life\n")
+    subprocess.run(["sh", str(written["teardown"])], env=env, check=True, timeout=10)
+    assert not volume.exists()
+    unset = subprocess.run(["sh", str(written["setup"])], env={"PATH": os.environ["PATH"]}, check=False, timeout=10)
+    assert unset.returncode != 0, "no VOL_DIR, no directory made (set -u)"
