@@ -41,6 +41,7 @@ from pulumi_kubernetes.rbac.v1 import (
 from pulumi_kubernetes.storage.v1 import StorageClass
 
 from components.artifacts.render import render
+from components.workloads import APPLY_ONLY
 
 # The newest the Go module proxy serves here (built by `make toolchain`).
 VERSION = "v0.0.30"
@@ -81,7 +82,7 @@ class LocalPathArgs:
 
 
 class LocalPath(pulumi.ComponentResource):
-    """The provisioner, awaited Ready, and the default StorageClass; depend on it before claiming volumes."""
+    """The provisioner and the default StorageClass; depend on it before claiming volumes."""
 
     def __init__(self, name: str, args: LocalPathArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:localpath:LocalPath", name, None, opts)
@@ -100,7 +101,9 @@ class LocalPath(pulumi.ComponentResource):
         )
         self.deployment = Deployment(
             f"{name}-provisioner",
-            metadata=ObjectMetaArgs(name=NAME, namespace=NAMESPACE),
+            # Applied, not awaited: nothing in `up` needs a volume, and a claim waits for the
+            # provisioner by itself (an image a kept offline node lacks must not hold up `up`).
+            metadata=ObjectMetaArgs(name=NAME, namespace=NAMESPACE, annotations=APPLY_ONLY),
             spec=DeploymentSpecArgs(
                 replicas=1,
                 selector=LabelSelectorArgs(match_labels=LABELS),

@@ -48,6 +48,10 @@ def test_local_path_is_the_default_storage_class_by_default(air: Evaluation) -> 
     pod = deployment(air, "local-path-provisioner").plain("spec")["template"]["spec"]
     assert pod["containers"][0]["image"] == localpath.LOCAL_PATH_IMAGE
     assert pod["serviceAccountName"] == localpath.ACCOUNT
+    # Nothing in `up` needs a volume: the provisioner is applied, not awaited.
+    assert deployment(air, "local-path-provisioner").plain("metadata")["annotations"] == {
+        "pulumi.com/skipAwait": "true"
+    }
 
 
 def test_the_provisioner_waits_for_the_pod_network(air: Evaluation) -> None:

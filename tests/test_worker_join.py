@@ -29,7 +29,8 @@ WORKER = "kube@172.31.255.13"
 CA_HASH = "sha256:" + "cd" * 32
 
 FAKE_SSH = r"""#!/bin/bash
-printf '%s\0' "$@" > "$STATE/argv-$(printf %03d "$(find "$STATE" -name 'argv-*' | wc -l)")"
+# Named by start time: the stale Node's deletion and the mint run side by side.
+printf '%s\0' "$@" > "$STATE/argv-$(date +%s%N)-$$"
 host=""
 for arg in "$@"; do case "$arg" in kube@*) host=$arg ;; esac; done
 command=${*: -1}
@@ -46,11 +47,14 @@ case "$host:$command" in
     [ -z "${REVOKE_FAILS:-}" ] || exit 1 ;;
   "$CONTROL_PLANE:"*"delete node work13 --ignore-not-found"*)
     [ -z "${CONTROL_PLANE_DOWN:-}" ] || exit 255
-    if [ -e "$STATE/node-work13" ]; then rm "$STATE/node-work13"; echo 'node "work13" deleted'; fi ;;
+    sleep "${DELETE_SECONDS:-0}"
+    if [ -e "$STATE/node-work13" ]; then rm "$STATE/node-work13"; echo 'node "work13" deleted'; fi
+    date +%s%N > "$STATE/deleted-at" ;;
   "$WORKER:sudo test -f /etc/kubernetes/kubelet.conf")
     [ -z "${WORKER_DOWN:-}" ] || exit 255
     [ -e "$STATE/joined" ] ;;
   "$WORKER:"*"kubeadm join --config"*)
+    date +%s%N > "$STATE/join-started-at"
     cat > "$STATE/join-config-$(find "$STATE" -name 'join-config-*' | wc -l)"
     [ -z "${JOIN_FAILS:-}" ] || { echo "[preflight] kubelet did not come up" >&2; exit 1; }
     touch "$STATE/joined" ;;
@@ -139,7 +143,7 @@ def test_a_join_uses_the_token_minted_for_it_and_never_passes_it_in_argv(run_joi
     assert yaml.safe_load(config)["nodeRegistration"]["name"] == "work13"
     calls = run.ssh_calls()
     hosts = [WORKER, CONTROL_PLANE, CONTROL_PLANE, WORKER, CONTROL_PLANE]
-    assert [call[-2] for call in calls] == hosts, "probe, stale Node, mint, join, revoke"
+    assert [call[-2] for call in calls] == hosts, "probe, stale Node and mint (side by side), join, revoke"
     assert all("StrictHostKeyChecking=yes" in call and "BatchMode=yes" in call for call in calls)
     token = run.minted()[0]
     assert not any(token in arg for call in calls for arg in call)
@@ -239,7 +243,15 @@ def test_a_stale_node_of_the_same_name_is_deleted_before_the_join(run_join: Join
     assert run.done.returncode == 0, run.done.stderr
     assert not (run.state / "node-work13").exists()
     commands = [call[-1] for call in run.ssh_calls()]
-    assert "delete node work13" in commands[1] and "kubeadm token create" in commands[2]
+    assert {i for i, c in enumerate(commands) if "delete node work13" in c or "kubeadm token create" in c} == {1, 2}
+
+
+def test_the_join_waits_for_the_stale_node_deleted_beside_the_mint(run_join: JoinRunner, state: Path) -> None:
+    (state / "node-work13").touch()
+    run = run_join(DELETE_SECONDS="1")
+    assert run.done.returncode == 0, run.done.stderr
+    deleted, joined = (int((state / name).read_text()) for name in ("deleted-at", "join-started-at"))
+    assert joined > deleted, "kubeadm join refuses a name a Ready Node still holds"
 
 
 def test_a_joined_worker_keeps_its_node(run_join: JoinRunner, state: Path) -> None:
@@ -250,10 +262,12 @@ def test_a_joined_worker_keeps_its_node(run_join: JoinRunner, state: Path) -> No
     assert (again.state / "node-work13").exists()
 
 
-def test_an_unreachable_control_plane_stops_the_join_before_a_token_is_minted(run_join: JoinRunner) -> None:
+def test_a_stale_node_that_cannot_be_deleted_stops_the_join_and_its_token_is_revoked(run_join: JoinRunner) -> None:
     run = run_join(CONTROL_PLANE_DOWN="1")
     assert run.done.returncode != 0
-    assert run.minted() == [] and run.join_configs() == []
+    assert "could not delete a stale Node work13" in run.done.stderr
+    assert run.join_configs() == []
+    assert [token.split(".")[0] for token in run.minted()] == run.revoked(), "the token minted beside it is revoked"
 
 
 # The worker side, kubeadm-join.sh, run for real: a stand-in sudo moves /etc/kubernetes and
