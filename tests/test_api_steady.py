@@ -228,12 +228,17 @@ def answers_logged(log: Path) -> list[str]:
     return [line.split()[1] for line in log.read_text().splitlines() if line.split()[1] in ("ok", "fail")]
 
 
-@pytest.mark.parametrize("api", [[200]], indirect=True)
-def test_answers_given_while_init_ran_open_the_gate_at_once(
-    tmp_path: Path, ssh_key: Path, api: tuple[ApiServer, str], tls: tuple[Path, Path], admin: tuple[Path, Path],
-    monkeypatch: pytest.MonkeyPatch, gate: Gate,
-) -> None:  # fmt: skip
+@pytest.fixture
+def pointed(tmp_path: Path, tls: tuple[Path, Path], admin: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rendered program's files (CA, admin.conf, its own directory) are the test's."""
     point_at_test_files(tmp_path, tls[0], admin, monkeypatch)
+
+
+@pytest.mark.parametrize("api", [[200]], indirect=True)
+@pytest.mark.usefixtures("pointed")
+def test_answers_given_while_init_ran_open_the_gate_at_once(
+    tmp_path: Path, ssh_key: Path, api: tuple[ApiServer, str], gate: Gate
+) -> None:
     log = start_watch(tmp_path, ssh_key, api[1], interval=1)
     deadline = time.monotonic() + 10
     while answers_logged(log).count("ok") < 3 and time.monotonic() < deadline:
@@ -247,11 +252,8 @@ def test_answers_given_while_init_ran_open_the_gate_at_once(
 
 
 @pytest.mark.parametrize("api", [[500]], indirect=True)
-def test_answers_of_a_watch_that_ended_are_no_streak(
-    tmp_path: Path, ssh_key: Path, api: tuple[ApiServer, str], tls: tuple[Path, Path], admin: tuple[Path, Path],
-    monkeypatch: pytest.MonkeyPatch, gate: Gate,
-) -> None:  # fmt: skip
-    point_at_test_files(tmp_path, tls[0], admin, monkeypatch)
+@pytest.mark.usefixtures("pointed")
+def test_answers_of_a_watch_that_ended_are_no_streak(api: tuple[ApiServer, str], gate: Gate) -> None:
     log = Path(render.WATCH_DIRECTORY) / "api-watch.log"
     log.parent.mkdir(parents=True)
     now = time.time()
