@@ -290,14 +290,14 @@ DNSTOOLS_PACKAGES = "bash,dnsutils,curl,iputils-ping,ca-certificates"
 # netcat-openbsd, iproute2, iperf and bash; e2e tests and `kubectl exec` users rely on them. The same
 # tools from Debian, plus what the Dockerfile adds: CoreDNS at /coredns, /uploads, the porter
 # certificates, the agnhost-2 link, user 1000 in group 50000, entrypoint /agnhost with CMD pause.
+AGNHOST_PACKAGES = "bash,dnsutils,curl,netcat-openbsd,iproute2,iperf,ca-certificates"
+AGNHOST_USER = "user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh\n"
+AGNHOST_GROUPS = "user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n"
 # busybox: upstream's image is the busybox binary with its applets and CMD sh; Debian's busybox on an
 # essential rootfs offers the same commands (local-path's helper pods run sh, mkdir and rm in it).
 BUSYBOX_PACKAGES = "busybox"
 # local-path-provisioner: upstream's is Alpine (with busybox) and the binary in /usr/bin.
 LOCAL_PATH_PACKAGES = "ca-certificates"
-AGNHOST_PACKAGES = "bash,dnsutils,curl,netcat-openbsd,iproute2,iperf,ca-certificates"
-AGNHOST_USER = "user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh\n"
-AGNHOST_GROUPS = "user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n"
 MINIMAL_FILES = {
     "etc/passwd": "root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n",
     "etc/group": "root:x:0:\nnogroup:x:65534:\n",
