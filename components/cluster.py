@@ -16,9 +16,11 @@ from components.cni import Cni, CniArgs
 from components.config.settings import ClusterConfig
 from components.kubeadm import ControlPlane, ControlPlaneArgs, WorkerJoin, WorkerJoinArgs
 from components.localpath import LocalPath, LocalPathArgs
+from components.metricsserver import MetricsServer, MetricsServerArgs
 from components.network import ClusterNetwork, ClusterNetworkArgs
 from components.node import Node, NodeArgs
 from components.preflight.facts import KeptStore
+from components.servingcerts import ServingCerts, ServingCertsArgs
 from components.storage import ImageStore, ImageStoreArgs
 from components.timing import PhaseClock, PhaseClockArgs
 from components.workloads import Workloads, WorkloadsArgs
@@ -69,8 +71,8 @@ class Cluster(pulumi.ComponentResource):
             ControlPlaneArgs(config=config, node_ready=self.nodes[cp.name].ready, access=access),
             pulumi.ResourceOptions(parent=self),
         )
-        self.joins = [
-            WorkerJoin(
+        self.joins = {
+            spec.name: WorkerJoin(
                 f"{spec.name}-kubeadm",
                 WorkerJoinArgs(
                     config=config,
@@ -82,9 +84,14 @@ class Cluster(pulumi.ComponentResource):
                 pulumi.ResourceOptions(parent=self),
             )
             for spec in config.workers
-        ]
+        }
         self.kubeconfig = self.control_plane.kubeconfig
-        joined: list[pulumi.Resource] = [join.join for join in self.joins]
+        joined: list[pulumi.Resource] = [join.join for join in self.joins.values()]
+        self.serving_certs = ServingCerts(
+            f"{name}-serving-certs",
+            ServingCertsArgs(config, access, self.control_plane, self.joins),
+            pulumi.ResourceOptions(parent=self),
+        )
         # The Kubernetes provider fails every resource at once if the API server is down when it
         # starts; on a slow host it restarts a few times after init. Only init matters here: the
         # joins, the kubeconfig and this gate run side by side, and the Kubernetes layer starts
@@ -111,6 +118,13 @@ class Cluster(pulumi.ComponentResource):
             self.local_path = LocalPath(
                 f"{name}-local-path", LocalPathArgs(self.kubernetes, self.cni), pulumi.ResourceOptions(parent=self)
             )
+        self.metrics_server: MetricsServer | None = None
+        if "metrics-server" in config.addons:
+            self.metrics_server = MetricsServer(
+                f"{name}-metrics-server",
+                MetricsServerArgs(self.kubernetes, self.cni, self.serving_certs),
+                pulumi.ResourceOptions(parent=self),
+            )
         self.workloads: Workloads | None = None
         if config.workloads:
             self.workloads = Workloads(
@@ -126,12 +140,13 @@ class Cluster(pulumi.ComponentResource):
             "vms-up": [node.domain for node in self.nodes.values()],
             "cloud-init-done": [node.ready for node in self.nodes.values()],
             "kubeadm-init": [self.control_plane.init],
-            "joins": [join.join for join in self.joins] or [self.control_plane.init],
+            "joins": [join.join for join in self.joins.values()] or [self.control_plane.init],
             "api-steady": [self.api_steady],
             "cni-ready": [self.cni],
         }
-        if self.local_path is not None:
-            phases["addons-ready"] = [self.local_path]
+        addons: list[pulumi.Resource] = [a for a in (self.local_path, self.metrics_server) if a is not None]
+        if addons:
+            phases["addons-ready"] = addons
         if self.workloads is not None:
             phases["workloads-ready"] = [self.workloads]
         return phases

@@ -144,6 +144,8 @@ SCRIPT_TEMPLATES: dict[str, Callable[[int, int, bool], int]] = {
     "remove-worker.sh.j2": lambda n, w, p: w,
     "install-kubernetes.sh.j2": lambda n, w, p: 0 if p else n,
     "api-steady.sh.j2": lambda n, w, p: 1,
+    "install-serving-approver.sh.j2": lambda n, w, p: 1,
+    "kubelet-serving.sh.j2": lambda n, w, p: n,
 }
 
 

@@ -53,7 +53,7 @@ def test_air_stack_registers_the_seed_cluster(air: Evaluation) -> None:
         r"kube-router:v\d+\.\d+\.\d+$", daemon_set.plain("spec")["template"]["spec"]["containers"][0]["image"]
     )
     deployments = {d.plain("metadata")["name"]: d for d in air.of_type("kubernetes:apps/v1:Deployment")}
-    assert sorted(deployments) == ["dnstools", "echo", "kuard", "local-path-provisioner", "probe"]
+    assert sorted(deployments) == ["dnstools", "echo", "kuard", "local-path-provisioner", "metrics-server", "probe"]
     assert deployments["dnstools"].plain("spec")["replicas"] == 3
     assert air.outputs["kubeconfig"]["secret"] is True
 

@@ -28,6 +28,8 @@ import yaml
 
 from components.localpath import BUSYBOX_IMAGE, LOCAL_PATH_IMAGE
 from components.localpath import VERSION as LOCAL_PATH_PROVISIONER
+from components.metricsserver import METRICS_SERVER_IMAGE
+from components.metricsserver import VERSION as METRICS_SERVER
 from components.workloads import DNSTOOLS_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,6 +270,15 @@ def build_local_path_provisioner(ctx: Context, work: Path, out: Path) -> str:
     return f"{module}@{LOCAL_PATH_PROVISIONER}"
 
 
+def build_metrics_server(ctx: Context, work: Path, out: Path) -> str:
+    """metrics-server (the metrics-server add-on), with the version its Makefile links in."""
+    module = "sigs.k8s.io/metrics-server"
+    wrapper_module(ctx, work, module, METRICS_SERVER)
+    version = f"-X k8s.io/client-go/pkg/version.gitVersion={METRICS_SERVER}"
+    go_build(ctx, work, out / "metrics-server", [f"{module}/cmd/metrics-server"], version)
+    return f"{module}@{METRICS_SERVER}"
+
+
 def build_agnhost(ctx: Context, work: Path, out: Path) -> str:
     """agnhost from the test tree of the pinned Kubernetes, whose VERSION file names its image tag."""
     version = f"v{kubernetes_version()}"
@@ -298,6 +309,8 @@ AGNHOST_GROUPS = "user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:
 BUSYBOX_PACKAGES = "busybox"
 # local-path-provisioner: upstream's is Alpine (with busybox) and the binary in /usr/bin.
 LOCAL_PATH_PACKAGES = "ca-certificates"
+# metrics-server: upstream's is distroless static (no shell) with the binary at /, run as 65534.
+METRICS_SERVER_USER = "65534"
 MINIMAL_FILES = {
     "etc/passwd": "root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n",
     "etc/group": "root:x:0:\nnogroup:x:65534:\n",
@@ -316,6 +329,7 @@ class Image:
     entrypoint: bool  # kubeadm's static pods name a command; Deployments rely on the entrypoint
     debian_packages: str | None = None  # a Debian rootfs with these packages, else a bare one
     cmd: str | None = None  # the image's default arguments (upstream's CMD)
+    user: str | None = None  # upstream's USER, when not root
     finish: Callable[[Context, Path, Path], None] | None = None  # (ctx, work, rootfs): what upstream adds
 
 
@@ -387,6 +401,13 @@ def images_to_build(home: Path) -> list[Image]:
             LOCAL_PATH_PACKAGES,
             cmd="local-path-provisioner",
         ),
+        Image(
+            METRICS_SERVER_IMAGE,
+            "metrics-server/metrics-server",
+            "/metrics-server",
+            True,
+            user=METRICS_SERVER_USER,
+        ),
     ]
 
 
@@ -434,6 +455,8 @@ def build_image(ctx: Context, work: Path, out: Path, image: Image) -> None:
         config += ["--config.entrypoint", image.path]
     if image.cmd:
         config += ["--config.cmd", image.cmd]
+    if image.user:
+        config += ["--config.user", image.user]
     ctx.run(config, work)
     archive = f"docker-archive:{out / archive_name(image.ref)}:{image.ref}"
     ctx.run(["skopeo", "--insecure-policy", "copy", "--quiet", f"oci:{layout}:{tag}", archive], work)
@@ -468,8 +491,9 @@ PIECES = (
     Piece("pause", build_pause, needs_versions=True),
     Piece("agnhost", build_agnhost),
     Piece("local-path-provisioner", build_local_path_provisioner, pin=LOCAL_PATH_PROVISIONER),
+    Piece("metrics-server", build_metrics_server, pin=METRICS_SERVER),
     # 2: agnhost as upstream's; slim Debian. 3: the local-path add-on's provisioner and busybox.
-    Piece("images", build_images, needs_versions=True, recipe=3),
+    Piece("images", build_images, needs_versions=True, recipe=4),
     Piece("pulumi", build_pulumi),
     Piece("pulumi-resource-kubernetes", build_kubernetes_provider),
     Piece("cri-tools", build_crictl),

@@ -59,6 +59,11 @@ ADMIN_CONF = "/etc/kubernetes/admin.conf"
 # The API watch's program, and its log, pid and stop files (tmpfs: a reboot ends any streak).
 WATCH_PROGRAM = "/var/lib/kube-on-air/api-watch.py"
 WATCH_DIRECTORY = "/run/kube-on-air"
+# The approver of kubelet serving certificates (components/servingcerts.py).
+APPROVER_PROGRAM = "/var/lib/kube-on-air/serving-approver.py"
+APPROVER_UNIT = "kube-on-air-serving-approver.service"
+APPROVER_POLL_SECONDS = 5
+KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
 
 
 @lru_cache(maxsize=1)
@@ -234,6 +239,29 @@ def _api_watch(config: ClusterConfig) -> dict[str, Any]:
         "watch_program": WATCH_PROGRAM,
         "watch_directory": WATCH_DIRECTORY,
     }
+
+
+def serving_approver_program(config: ClusterConfig) -> str:
+    return render("scripts/lib/serving-approver.py.j2", **_serving_approver(config))
+
+
+def install_serving_approver_script(config: ClusterConfig) -> str:
+    return render("scripts/install-serving-approver.sh.j2", **_serving_approver(config))
+
+
+def _serving_approver(config: ClusterConfig) -> dict[str, Any]:
+    return {
+        "api_endpoint": config.api_endpoint,
+        "poll_seconds": APPROVER_POLL_SECONDS,
+        "program_path": APPROVER_PROGRAM,
+        "unit_name": APPROVER_UNIT,
+        "ca_file": CLUSTER_CA,
+        "admin_conf": ADMIN_CONF,
+    }
+
+
+def kubelet_serving_script() -> str:
+    return render("scripts/kubelet-serving.sh.j2", kubelet_config=KUBELET_CONFIG)
 
 
 def join_credentials_script(node: NodeSpec) -> str:

@@ -27,8 +27,8 @@ WORKER = "worker"
 
 SUPPORTED_CNIS = ("kube-router", "calico")
 SUPPORTED_WORKLOADS = ("kuard", "dnstools", "connectivity-check", "stateful")
-# Cluster add-ons, each applied after the CNI (components/localpath.py, ...).
-SUPPORTED_ADDONS = ("local-path",)
+# Cluster add-ons, each applied after the CNI (components/localpath.py, components/metricsserver.py).
+SUPPORTED_ADDONS = ("local-path", "metrics-server")
 DOMAIN_TYPES = ("kvm", "qemu")
 # kubeadm's v1beta4 config API exists from 1.31; kubernetes-validate ships schemas up to 1.37.
 MIN_KUBERNETES_MINOR = 31
@@ -64,8 +64,9 @@ DEFAULTS: dict[str, str] = {
     "kubernetesVersion": "1.34.2",
     "cni": "kube-router",
     "workloads": '["kuard", "dnstools", "connectivity-check"]',
-    # A default StorageClass, as kind and k3s ship one: PVCs of charts and StatefulSets bind.
-    "addons": '["local-path"]',
+    # A default StorageClass, as kind and k3s ship one: PVCs of charts and StatefulSets bind; the
+    # metrics API, as k3s ships it: `kubectl top` and HorizontalPodAutoscalers work.
+    "addons": '["local-path", "metrics-server"]',
     "imageSource": DEFAULT_IMAGE,
     "prebaked": "false",
     "keepBaseImage": "false",
