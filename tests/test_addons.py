@@ -1,5 +1,5 @@
-"""The add-ons under the Kubernetes provider: local-path (the default StorageClass), and the stateful
-example that claims its volumes.
+"""The add-ons under the Kubernetes provider: local-path (the default StorageClass), metrics-server
+(the metrics API), and the stateful example that claims its volumes.
 
 Under Pulumi's mock runtime (level 4): which objects `up` registers, what they wait for, and the
 images the nodes must carry; the provisioner's setup and teardown scripts run for real here.
@@ -16,14 +16,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import localpath
-from tests.conftest import air_config
+from components import localpath, metricsserver
+from components.artifacts import render
+from tests.conftest import air_config, cluster_config
 from tests.validators import require_valid, validate_shell_files
 from tools import offline
 from tools.dryrun import Evaluation, Resource, evaluate
 
 STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
 STATEFUL_SET = "kubernetes:apps/v1:StatefulSet"
+API_SERVICE = "kubernetes:apiregistration.k8s.io/v1:APIService"
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +80,52 @@ def test_helper_pods_run_an_image_the_nodes_carry(air: Evaluation) -> None:
     assert {localpath.LOCAL_PATH_IMAGE, localpath.BUSYBOX_IMAGE} <= set(needed)
 
 
-def test_no_addons_registers_no_storage(ssh_key: Path) -> None:
+def test_no_addons_registers_no_storage_and_no_metrics_api(ssh_key: Path) -> None:
     bare = evaluate("air", air_config(ssh_key, addons="[]"))
     assert bare.error is None, bare.error
-    assert not bare.of_type(STORAGE_CLASS)
-    assert not [r for r in bare.resources if r.type.startswith("kube-on-air:localpath")]
+    assert not bare.of_type(STORAGE_CLASS) and not bare.of_type(API_SERVICE)
+    assert not [r for r in bare.resources if r.type.startswith(("kube-on-air:localpath", "kube-on-air:metricsserver"))]
+    # The kubelets' serving certificates are the cluster CA's with or without metrics-server.
+    assert bare.of_type("kube-on-air:servingcerts:ServingCerts")
+
+
+def test_metrics_server_checks_the_kubelets_against_the_cluster_ca(air: Evaluation, ssh_key: Path) -> None:
+    server = deployment(air, "metrics-server")
+    pod = server.plain("spec")["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == metricsserver.METRICS_SERVER_IMAGE
+    assert not [a for a in container["args"] if "insecure" in a], "no --kubelet-insecure-tls"
+    assert "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname" in container["args"]
+    # Awaited: the metrics API is registered only once its server answers.
+    assert "pulumi.com/skipAwait" not in (server.plain("metadata").get("annotations") or {})
+    # What its certificate check stands on: every kubelet asks the cluster CA for a serving
+    # certificate, and the approver that lets the CA sign it runs before metrics-server starts.
+    kubelet = list(yaml.safe_load_all(render.kubeadm_config(cluster_config(ssh_key))))[-1]
+    assert kubelet["kind"] == "KubeletConfiguration" and kubelet["serverTLSBootstrap"] is True
+    (approver,) = [r for r in air.of_type("command:remote:Command") if r.name.endswith("-serving-certs-approver")]
+    assert approver.urn in air.transitive_dependencies(server)
+
+
+def test_the_metrics_api_is_registered_after_its_server_serves(air: Evaluation) -> None:
+    (api_service,) = air.of_type(API_SERVICE)
+    assert api_service.plain("metadata")["name"] == "v1beta1.metrics.k8s.io"
+    spec = api_service.plain("spec")
+    assert (
+        spec["service"] == {"name": "metrics-server", "namespace": "kube-system"} and spec["group"] == "metrics.k8s.io"
+    )
+    # Registered after the awaited Deployment, so deleted before it on destroy: never an APIService
+    # without its server, which would hold up every namespace's deletion.
+    assert deployment(air, "metrics-server").urn in air.transitive_dependencies(api_service)
+    assert metricsserver.METRICS_SERVER_IMAGE in offline.stack_images("e2e")
+
+
+def test_every_node_asks_for_a_serving_certificate_after_it_joined(air: Evaluation) -> None:
+    steps = {r.name: r for r in air.of_type("command:remote:Command") if r.name.endswith("-bootstrap")}
+    assert sorted(steps) == [
+        f"kube-on-air-serving-certs-{n}-bootstrap" for n in ("head10", "work11", "work12", "work13")
+    ]
+    work11 = air.transitive_dependencies(steps["kube-on-air-serving-certs-work11-bootstrap"])
+    assert [r for r in air.resources if r.name == "work11-kubeadm-join" and r.urn in work11]
 
 
 def test_the_stateful_example_claims_a_volume_per_replica_of_the_default_class(stateful: Evaluation) -> None:

@@ -62,6 +62,7 @@ WATCH_DIRECTORY = "/run/kube-on-air"
 # The approver of kubelet serving certificates (components/servingcerts.py).
 APPROVER_PROGRAM = "/var/lib/kube-on-air/serving-approver.py"
 APPROVER_UNIT = "kube-on-air-serving-approver.service"
+SYSTEMD_UNITS = "/etc/systemd/system"
 APPROVER_POLL_SECONDS = 5
 KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
 
@@ -255,6 +256,7 @@ def _serving_approver(config: ClusterConfig) -> dict[str, Any]:
         "poll_seconds": APPROVER_POLL_SECONDS,
         "program_path": APPROVER_PROGRAM,
         "unit_name": APPROVER_UNIT,
+        "unit_directory": SYSTEMD_UNITS,
         "ca_file": CLUSTER_CA,
         "admin_conf": ADMIN_CONF,
     }

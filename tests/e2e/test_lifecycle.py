@@ -34,6 +34,7 @@ pytestmark = pytest.mark.e2e
 K8S_VERSION = "v1.34.2"
 NAMESPACE = "kube-on-air"
 CONTROL_PLANE = "head10"
+CLUSTER_CA = "/etc/kubernetes/pki/ca.crt"
 ECHO_SERVICE = f"echo.{NAMESPACE}.svc.cluster.local"
 # Workloads are applied, not awaited, by `up` (only the probe is): give their pods this long.
 SETTLE_SECONDS = 900
@@ -252,6 +253,44 @@ def test_a_claimed_volume_outlives_its_pod(e2e: E2EStack) -> None:
     REPORT["node_memory_used_mib"] = {
         name: int(ssh(e2e, name, "free -m").splitlines()[1].split()[2]) for name in node_names(1)
     }
+
+
+def top_nodes(e2e: E2EStack) -> dict[str, list[str]]:
+    """`kubectl top nodes`: node -> [cpu, cpu%, memory, memory%]."""
+    lines = e2e.kubectl("top", "nodes", "--no-headers", check=False).splitlines()
+    return {fields[0]: fields[1:] for fields in (line.split() for line in lines) if len(fields) == 5}
+
+
+def test_kubectl_top_has_figures_for_every_node(e2e: E2EStack) -> None:
+    """Issue 25: the metrics API through metrics-server, which checks each kubelet's serving
+    certificate against the cluster CA (no --kubelet-insecure-tls): every node's is signed by that
+    CA, through a CSR kube-on-air's approver approved."""
+    started = time.monotonic()
+
+    def missing() -> str | None:
+        figures = top_nodes(e2e)
+        absent = [n for n in node_names(1) if n not in figures]
+        return f"no figures for {absent} in {figures}" if absent else None
+
+    wait_for("kubectl top nodes with every node", missing, timeout=300, every=10)
+    REPORT["top_nodes_after_up_seconds"] = round(time.monotonic() - started, 1)
+    REPORT["top_nodes"] = top_nodes(e2e)
+    csrs = e2e.kubectl_json("get", "csr")["items"]
+    serving = [c for c in csrs if c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"]
+    approved_for = {
+        c["spec"]["username"].removeprefix("system:node:")
+        for c in serving
+        if c.get("status", {}).get("certificate")
+        and any(d.get("reason") == "KubeOnAirNodeServing" for d in c["status"].get("conditions", []))
+    }
+    assert approved_for >= set(node_names(1)), [(c["spec"]["username"], c.get("status")) for c in serving]
+    for name in node_names(1):
+        verdict = ssh(
+            e2e, name, f"sudo openssl verify -CAfile {CLUSTER_CA} /var/lib/kubelet/pki/kubelet-server-current.pem"
+        )
+        assert verdict.strip().endswith(": OK"), verdict
+    top_pods = e2e.kubectl("top", "pods", "-n", NAMESPACE, "--no-headers")
+    assert "kuard" in top_pods, top_pods
 
 
 def test_ups_after_the_first_change_nothing(e2e: E2EStack) -> None:

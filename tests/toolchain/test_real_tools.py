@@ -15,6 +15,7 @@ import pytest
 
 from components.artifacts.render import sandbox_image
 from components.localpath import BUSYBOX_IMAGE, LOCAL_PATH_IMAGE
+from components.metricsserver import METRICS_SERVER_IMAGE
 from components.workloads import AGNHOST_IMAGE
 from tools import offline
 from tools import toolchain as build
@@ -259,3 +260,13 @@ def test_local_path_provisioner_is_the_pinned_version(toolchain: Path, tmp_path:
     version = in_image(bundle, "local-path-provisioner --version && command -v sh")
     assert version.returncode == 0, version.stderr
     assert LOCAL_PATH_IMAGE.rsplit(":", 1)[1] in version.stdout, version.stdout
+
+
+def test_metrics_server_is_the_pinned_version_run_as_upstreams_user(toolchain: Path, tmp_path: Path) -> None:
+    bundle = unpacked(toolchain, tmp_path, METRICS_SERVER_IMAGE)
+    process = json.loads((bundle / "config.json").read_text())["process"]
+    assert process["args"] == ["/metrics-server"], "ENTRYPOINT /metrics-server, as upstream's"
+    assert (process["user"]["uid"], process["user"]["gid"]) == (65534, 65534), "USER 65534 (nobody), as upstream's"
+    binary = bundle / "rootfs" / "metrics-server"
+    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False)
+    assert version.returncode == 0 and METRICS_SERVER_IMAGE.rsplit(":", 1)[1] in version.stdout, version
