@@ -87,11 +87,6 @@ class Cluster(pulumi.ComponentResource):
         }
         self.kubeconfig = self.control_plane.kubeconfig
         joined: list[pulumi.Resource] = [join.join for join in self.joins.values()]
-        self.serving_certs = ServingCerts(
-            f"{name}-serving-certs",
-            ServingCertsArgs(config, access, self.control_plane, self.joins),
-            pulumi.ResourceOptions(parent=self),
-        )
         # The Kubernetes provider fails every resource at once if the API server is down when it
         # starts; on a slow host it restarts a few times after init. Only init matters here: the
         # joins, the kubeconfig and this gate run side by side, and the Kubernetes layer starts
@@ -103,6 +98,11 @@ class Cluster(pulumi.ComponentResource):
             add_previous_output_in_env=False,
             triggers=[self.control_plane.init.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.control_plane.init]),
+        )
+        self.serving_certs = ServingCerts(
+            f"{name}-serving-certs",
+            ServingCertsArgs(config, access, self.control_plane, self.joins, self.api_steady),
+            pulumi.ResourceOptions(parent=self),
         )
         self.kubernetes = k8s.Provider(
             f"{name}-k8s",

@@ -26,6 +26,10 @@ class ServingCertsArgs:
     access: ssh.Access
     control_plane: ControlPlane
     joins: Mapping[str, WorkerJoin]  # worker name -> its join
+    # Nothing needs a serving certificate before the Kubernetes layer: these steps wait for the API
+    # gate rather than crowd the control plane's CPU while its API server settles after init (an
+    # emulated control plane's gate took 76 s with them beside it, 21-25 s without).
+    api_steady: pulumi.Resource
 
 
 class ServingCerts(pulumi.ComponentResource):
@@ -41,7 +45,7 @@ class ServingCerts(pulumi.ComponentResource):
             create=render.install_serving_approver_script(config),
             add_previous_output_in_env=False,
             triggers=[init.id],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[init]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[init, args.api_steady]),
         )
         # A no-op on nodes kubeadm configured so; the nodes of a cluster made before get it here.
         self.bootstrap = {cp.name: self._bootstrap(name, args, cp.name, init)}
@@ -57,5 +61,5 @@ class ServingCerts(pulumi.ComponentResource):
             create=render.kubelet_serving_script(),
             add_previous_output_in_env=False,
             triggers=[joined.id],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[joined]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[joined, args.api_steady]),
         )

@@ -91,6 +91,8 @@ def test_components_follow_pulumi_conventions(air: Evaluation) -> None:
         "network",
         "storage",
         "localpath",
+        "metricsserver",
+        "servingcerts",
         "node",
         "kubeadm",
         "cni",
