@@ -73,6 +73,20 @@ def admin(tmp_path: Path) -> tuple[Path, Path]:
     return self_signed(tmp_path, "kubernetes-admin")
 
 
+def serve_to_admin(
+    handler: type[http.server.BaseHTTPRequestHandler], tls: tuple[Path, Path], admin: tuple[Path, Path]
+) -> http.server.ThreadingHTTPServer:
+    """An HTTPS server on 127.0.0.1 with `tls` as its certificate that requires the admin's client certificate."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*tls)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cafile=str(admin[0]))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 @pytest.fixture
 def api(
     request: pytest.FixtureRequest, tls: tuple[Path, Path], admin: tuple[Path, Path]
@@ -94,13 +108,7 @@ def api(
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*tls)
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(cafile=str(admin[0]))
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve_to_admin(Handler, tls, admin)
     yield server_state, f"https://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import ssl
 import subprocess
 import sys
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ import pytest
 from components.artifacts import render
 from tests.conftest import cluster_config
 from tests.standins import StandInNode
-from tests.test_api_steady import SUDO, admin, admin_conf, tls  # noqa: F401 (fixtures)
+from tests.test_api_steady import SUDO, admin, admin_conf, serve_to_admin, tls  # noqa: F401 (fixtures)
 
 CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 SERVING_USAGES = ["digital signature", "key encipherment", "server auth"]
@@ -115,13 +113,7 @@ def api(tmp_path: Path, tls: tuple[Path, Path], admin: tuple[Path, Path]) -> Ite
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*tls)
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(cafile=str(admin[0]))
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve_to_admin(Handler, tls, admin)
     yield state, f"https://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 
