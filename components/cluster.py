@@ -16,6 +16,7 @@ from components.cni import Cni, CniArgs
 from components.config.settings import ClusterConfig
 from components.kubeadm import ControlPlane, ControlPlaneArgs, WorkerJoin, WorkerJoinArgs
 from components.localpath import LocalPath, LocalPathArgs
+from components.metallb import MetalLB, MetalLBArgs
 from components.metricsserver import MetricsServer, MetricsServerArgs
 from components.network import ClusterNetwork, ClusterNetworkArgs
 from components.node import Node, NodeArgs
@@ -23,7 +24,7 @@ from components.preflight.facts import KeptStore
 from components.servingcerts import ServingCerts, ServingCertsArgs
 from components.storage import ImageStore, ImageStoreArgs
 from components.timing import PhaseClock, PhaseClockArgs
-from components.workloads import Workloads, WorkloadsArgs
+from components.workloads import Workloads, WorkloadsArgs, kuard_address
 
 
 @dataclass(frozen=True)
@@ -125,11 +126,18 @@ class Cluster(pulumi.ComponentResource):
                 MetricsServerArgs(self.kubernetes, self.cni, self.serving_certs),
                 pulumi.ResourceOptions(parent=self),
             )
+        self.metallb: MetalLB | None = None
+        if "metallb" in config.addons:
+            self.metallb = MetalLB(
+                f"{name}-metallb",
+                MetalLBArgs(self.kubernetes, self.cni, config.load_balancer_range, has_workers=bool(config.workers)),
+                pulumi.ResourceOptions(parent=self),
+            )
         self.workloads: Workloads | None = None
         if config.workloads:
             self.workloads = Workloads(
                 f"{name}-workloads",
-                WorkloadsArgs(config, self.kubernetes, self.cni, joined, self.local_path),
+                WorkloadsArgs(config, self.kubernetes, self.cni, joined, self.local_path, self.metallb),
                 pulumi.ResourceOptions(parent=self),
             )
         self.clock = PhaseClock(f"{name}-phases", PhaseClockArgs(self._phases()), pulumi.ResourceOptions(parent=self))
@@ -144,7 +152,9 @@ class Cluster(pulumi.ComponentResource):
             "api-steady": [self.api_steady],
             "cni-ready": [self.cni],
         }
-        addons: list[pulumi.Resource] = [a for a in (self.local_path, self.metrics_server) if a is not None]
+        addons: list[pulumi.Resource] = [
+            a for a in (self.local_path, self.metrics_server, self.metallb) if a is not None
+        ]
         if addons:
             phases["addons-ready"] = addons
         if self.workloads is not None:
@@ -168,4 +178,8 @@ def export_outputs(config: ClusterConfig, cluster: Cluster) -> None:
     pulumi.export("knownHostsFile", hostkeys.known_hosts_path(config))
     pulumi.export("phaseSeconds", cluster.clock.seconds)
     pulumi.export("phaseStartedAt", cluster.clock.started_at)
+    if cluster.workloads is not None and cluster.workloads.kuard_service is not None:
+        pulumi.export("kuardUrl", f"http://{kuard_address(config.load_balancer_range)}/")
+    if "metallb" in config.addons:
+        pulumi.export("loadBalancerAddresses", config.load_balancer_range)
     pulumi.export("network", {"name": config.network_name, "bridge": config.bridge_name, "cidr": config.network_cidr})

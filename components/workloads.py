@@ -97,6 +97,8 @@ class WorkloadsArgs:
     joined: Sequence[pulumi.Resource] = ()
     # The default StorageClass and its provisioner (the local-path add-on), for the stateful example.
     storage: pulumi.Resource | None = None
+    # The pool and its announcement (the metallb add-on): kuard is then reachable from the host.
+    load_balancer: pulumi.Resource | None = None
 
 
 def one_per_node(labels: dict[str, str]) -> AffinityArgs:
@@ -162,8 +164,12 @@ class Workloads(pulumi.ComponentResource):
         # The probe also runs on the control plane, where no echo pod runs: at least one probe's
         # requests cross nodes whatever the worker count (with one worker, the seed's point).
         every_node = len(config.nodes)
+        self.kuard_service: Service | None = None
         if "kuard" in config.workloads:
             self.kuard = _kuard(name, child)
+            if args.load_balancer is not None:
+                addressed = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[args.load_balancer]))
+                self.kuard_service = _kuard_service(name, kuard_address(config.load_balancer_range), addressed)
         if "dnstools" in config.workloads:
             self.dnstools = _dnstools(name, per_node, child)
         if "connectivity-check" in config.workloads:
@@ -231,6 +237,35 @@ def _kuard(name: str, opts: pulumi.ResourceOptions) -> Deployment:
         opts,
         awaited=False,
     )
+
+
+# MetalLB's annotation for the addresses a Service asks for (spec.loadBalancerIP is deprecated).
+LOAD_BALANCER_IPS = "metallb.io/loadBalancerIPs"
+
+
+def _kuard_service(name: str, address: str, opts: pulumi.ResourceOptions) -> Service:
+    """kuard on port 80 of the pool's first address: asked for by name, so `up` knows the URL without
+    waiting for MetalLB (applied, not awaited, like the other workloads)."""
+    return Service(
+        f"{name}-kuard-service",
+        metadata=ObjectMetaArgs(
+            name="kuard",
+            namespace=NAMESPACE,
+            labels={"app": "kuard"},
+            annotations={**APPLY_ONLY, LOAD_BALANCER_IPS: address},
+        ),
+        spec=ServiceSpecArgs(
+            type="LoadBalancer",
+            selector={"app": "kuard"},
+            ports=[ServicePortArgs(name="http", port=80, target_port="http", protocol="TCP")],
+        ),
+        opts=opts,
+    )
+
+
+def kuard_address(load_balancer_range: str) -> str:
+    """The address kuard's Service asks for: the first of the pool ("first-last")."""
+    return load_balancer_range.split("-", 1)[0]
 
 
 def _stateful(name: str, opts: pulumi.ResourceOptions) -> tuple[Service, StatefulSet]:

@@ -59,7 +59,9 @@ def test_local_path_is_the_default_storage_class_by_default(air: Evaluation) -> 
 def test_the_provisioner_waits_for_the_pod_network(air: Evaluation) -> None:
     provisioner = deployment(air, "local-path-provisioner")
     waits_for = air.transitive_dependencies(provisioner)
-    (kube_router,) = air.of_type("kubernetes:apps/v1:DaemonSet")
+    (kube_router,) = [
+        d for d in air.of_type("kubernetes:apps/v1:DaemonSet") if d.plain("metadata")["name"] == "kube-router"
+    ]
     assert kube_router.urn in waits_for
     joins = [r.urn for r in air.resources if r.name.endswith("-kubeadm-join")]
     assert joins and not waits_for.intersection(joins), "the workers' joins hold up only the probe"

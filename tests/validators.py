@@ -7,7 +7,8 @@ turns a non-empty list into an AssertionError. The consumers:
   keys (cloud-init ignores unknown ones) and consistency with the node (hostname, fqdn, SSH user).
 * network-config / meta-data: structural checks of netplan v2 and NoCloud meta-data against the
   node's declared address, MAC and name (cloud-init does not validate these).
-* Kubernetes objects: kubernetes-validate's strict JSON schemas for the pinned minor.
+* Kubernetes objects: kubernetes-validate's strict JSON schemas for the pinned minor; objects of an
+  add-on's own kinds (MetalLB's pool) against the openAPIV3Schema of the CRDs the program applies.
 * Shell: shellcheck (`--shell=bash`, warnings and errors, plus SC2086 which shellcheck ranks "info").
 * kubeadm: apiVersion/kind of kubeadm's v1beta4 config API and consistency with the stack; the
   fields themselves are judged by the real kubeadm (`kubeadm config validate`, make test-toolchain).
@@ -18,6 +19,7 @@ A missing tool is an error (`ToolMissing`), never a skip.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import importlib.resources
 import ipaddress
 import json
@@ -409,8 +411,58 @@ def schema_dir_exists(version: str) -> bool:
     return (root / f"v{version}-local-strict").is_dir()
 
 
+# The CRDs the add-ons apply (templates/addons/<add-on>/crds.yaml): their schemas judge the objects
+# of those kinds, as the API server will.
+CRD_FILES = tuple(sorted((Path(__file__).resolve().parent.parent / "templates" / "addons").glob("*/crds.yaml")))
+
+
+def _strict(schema: Any) -> Any:
+    """An OpenAPI v3 schema with unknown fields refused where it lists the properties, as the API
+    server's strict field validation does (the CRDs themselves prune them silently)."""
+    if isinstance(schema, dict):
+        strict = {k: _strict(v) for k, v in schema.items()}
+        if "properties" in strict and "additionalProperties" not in strict:
+            strict["additionalProperties"] = False
+        return strict
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+@functools.cache
+def custom_resource_schemas(files: tuple[Path, ...] = CRD_FILES) -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> the served version's openAPIV3Schema, strict, from the CRD files."""
+    schemas: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in files:
+        for crd in yaml.safe_load_all(path.read_text()):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            spec = crd["spec"]
+            for version in spec["versions"]:
+                if version.get("served"):
+                    api_version = f"{spec['group']}/{version['name']}"
+                    schemas[(api_version, spec["names"]["kind"])] = _strict(version["schema"]["openAPIV3Schema"])
+    return schemas
+
+
+def validate_custom_resource(obj: Mapping[str, Any], schema: Mapping[str, Any], label: str) -> Problems:
+    import jsonschema  # kubernetes-validate's own dependency
+
+    what = f"{label} ({obj.get('kind')} {(obj.get('metadata') or {}).get('name')})"
+    # metadata is the API server's, not the CRD's: the schema says only `type: object`.
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(dict(obj)), key=lambda e: list(e.path))
+    return [
+        f"{what}: invalid against its CRD at {'.'.join(str(p) for p in e.path) or '(top level)'}: {e.message}"
+        for e in errors
+    ]
+
+
 def validate_manifest(obj: Mapping[str, Any], version: str, label: str) -> Problems:
-    """kubernetes-validate --strict against exactly `version` (e.g. 1.34.0); unknown kinds fail."""
+    """kubernetes-validate --strict against exactly `version` (e.g. 1.34.0); an add-on's own kinds
+    against its CRD; unknown kinds fail."""
+    custom = custom_resource_schemas().get((str(obj.get("apiVersion")), str(obj.get("kind"))))
+    if custom is not None:
+        return validate_custom_resource(obj, custom, label)
     try:
         from kubernetes_validate import utils as kv
     except ImportError as err:

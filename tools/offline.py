@@ -184,7 +184,7 @@ def missing_images(home: Path, stack: str, image_dir: Path) -> list[str]:
 
 def stack_images(stack: str) -> list[str]:
     """Every image the workloads, add-ons and CNI of STACK run, as the manifests name them (kubeadm's are its own)."""
-    from components import cni, localpath, metricsserver, workloads
+    from components import cni, localpath, metallb, metricsserver, workloads
     from components.config import settings as config
 
     values = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text()).get("config") or {}
@@ -198,6 +198,7 @@ def stack_images(stack: str) -> list[str]:
     addons = [
         *(localpath.images() if "local-path" in chosen_addons else ()),
         *(metricsserver.images() if "metrics-server" in chosen_addons else ()),
+        *(metallb.images() if "metallb" in chosen_addons else ()),
     ]
     return sorted({*cni.images(setting("cni")), *workloads.images(tuple(chosen)), *addons})
 

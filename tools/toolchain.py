@@ -28,6 +28,9 @@ import yaml
 
 from components.localpath import BUSYBOX_IMAGE, LOCAL_PATH_IMAGE
 from components.localpath import VERSION as LOCAL_PATH_PROVISIONER
+from components.metallb import CONTROLLER_IMAGE as METALLB_CONTROLLER_IMAGE
+from components.metallb import SPEAKER_IMAGE as METALLB_SPEAKER_IMAGE
+from components.metallb import VERSION as METALLB
 from components.metricsserver import METRICS_SERVER_IMAGE
 from components.metricsserver import VERSION as METRICS_SERVER
 from components.workloads import DNSTOOLS_IMAGE
@@ -279,6 +282,16 @@ def build_metrics_server(ctx: Context, work: Path, out: Path) -> str:
     return f"{module}@{METRICS_SERVER}"
 
 
+def build_metallb(ctx: Context, work: Path, out: Path) -> str:
+    """MetalLB's controller and speaker (the metallb add-on), stamped as its Dockerfiles stamp them."""
+    module = "go.universe.tf/metallb"
+    wrapper_module(ctx, work, module, METALLB)
+    ctx.run(["go", "get", f"{module}/controller@{METALLB}", f"{module}/speaker@{METALLB}"], work)
+    stamp = " ".join(f"-X {module}/internal/version.{v}={METALLB}" for v in ("gitCommit", "gitBranch"))
+    go_build(ctx, work, out, [f"{module}/controller", f"{module}/speaker"], stamp)
+    return f"{module}@{METALLB}"
+
+
 def build_agnhost(ctx: Context, work: Path, out: Path) -> str:
     """agnhost from the test tree of the pinned Kubernetes, whose VERSION file names its image tag."""
     version = f"v{kubernetes_version()}"
@@ -309,6 +322,8 @@ AGNHOST_GROUPS = "user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:
 BUSYBOX_PACKAGES = "busybox"
 # local-path-provisioner: upstream's is Alpine (with busybox) and the binary in /usr/bin.
 LOCAL_PATH_PACKAGES = "ca-certificates"
+# MetalLB: upstream's are distroless static with the binary at / and no USER (the controller's pod
+# runs it as 65534; the speaker runs as root to answer ARP).
 # metrics-server: upstream's is distroless static (no shell) with the binary at /, run as 65534.
 METRICS_SERVER_USER = "65534"
 MINIMAL_FILES = {
@@ -408,6 +423,8 @@ def images_to_build(home: Path) -> list[Image]:
             True,
             user=METRICS_SERVER_USER,
         ),
+        Image(METALLB_CONTROLLER_IMAGE, "metallb/controller", "/controller", True),
+        Image(METALLB_SPEAKER_IMAGE, "metallb/speaker", "/speaker", True),
     ]
 
 
@@ -492,8 +509,10 @@ PIECES = (
     Piece("agnhost", build_agnhost),
     Piece("local-path-provisioner", build_local_path_provisioner, pin=LOCAL_PATH_PROVISIONER),
     Piece("metrics-server", build_metrics_server, pin=METRICS_SERVER),
+    Piece("metallb", build_metallb, pin=METALLB),
     # 2: agnhost as upstream's; slim Debian. 3: the local-path add-on's provisioner and busybox.
-    Piece("images", build_images, needs_versions=True, recipe=4),
+    # 4: metrics-server. 5: MetalLB's controller and speaker.
+    Piece("images", build_images, needs_versions=True, recipe=5),
     Piece("pulumi", build_pulumi),
     Piece("pulumi-resource-kubernetes", build_kubernetes_provider),
     Piece("cri-tools", build_crictl),

@@ -27,8 +27,11 @@ WORKER = "worker"
 
 SUPPORTED_CNIS = ("kube-router", "calico")
 SUPPORTED_WORKLOADS = ("kuard", "dnstools", "connectivity-check", "stateful")
-# Cluster add-ons, each applied after the CNI (components/localpath.py, components/metricsserver.py).
-SUPPORTED_ADDONS = ("local-path", "metrics-server")
+# Cluster add-ons, each applied after the CNI (components/localpath.py, metricsserver.py, metallb.py).
+SUPPORTED_ADDONS = ("local-path", "metrics-server", "metallb")
+# `loadBalancerAddresses: auto`: the top quarter of the network, at most this many addresses, ending
+# just below the broadcast address, far from the low node ids (for 172.31.255.0/24: .239-.254).
+AUTO_LOAD_BALANCER_SIZE = 16
 DOMAIN_TYPES = ("kvm", "qemu")
 # kubeadm's v1beta4 config API exists from 1.31; kubernetes-validate ships schemas up to 1.37.
 MIN_KUBERNETES_MINOR = 31
@@ -65,8 +68,11 @@ DEFAULTS: dict[str, str] = {
     "cni": "kube-router",
     "workloads": '["kuard", "dnstools", "connectivity-check"]',
     # A default StorageClass, as kind and k3s ship one: PVCs of charts and StatefulSets bind; the
-    # metrics API, as k3s ships it: `kubectl top` and HorizontalPodAutoscalers work.
-    "addons": '["local-path", "metrics-server"]',
+    # metrics API, as k3s ships it: `kubectl top` and HorizontalPodAutoscalers work; LoadBalancer
+    # Services get an address the host reaches, as k3s's service load balancer gives them.
+    "addons": '["local-path", "metrics-server", "metallb"]',
+    # The metallb add-on's pool: "auto" (see AUTO_LOAD_BALANCER_SIZE), FIRST-LAST or a CIDR.
+    "loadBalancerAddresses": "auto",
     "imageSource": DEFAULT_IMAGE,
     "prebaked": "false",
     "keepBaseImage": "false",
@@ -149,6 +155,8 @@ class ClusterConfig:
     cni: str
     workloads: tuple[str, ...]
     addons: tuple[str, ...]
+    # The metallb add-on's pool as "first-last", inside the network and clear of every node.
+    load_balancer_range: str
     image_source: str
     prebaked: bool
     keep_base_image: bool
@@ -380,6 +388,61 @@ def _read_addons(reader: _Reader, workloads: tuple[str, ...]) -> tuple[str, ...]
     return addons
 
 
+def _address_range(value: str, network: ipaddress.IPv4Network) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    """The first and last address of "auto", "FIRST-LAST" or a CIDR."""
+    text = value.strip()
+    if text == "auto":
+        usable = network.num_addresses - 3  # less the network, gateway and broadcast addresses
+        size = max(1, min(AUTO_LOAD_BALANCER_SIZE, usable // 4))
+        last = network.broadcast_address - 1
+        return last - (size - 1), last
+    if "-" in text:
+        first_text, last_text = text.split("-", 1)
+        first, last = ipaddress.IPv4Address(first_text.strip()), ipaddress.IPv4Address(last_text.strip())
+        if first > last:
+            raise ValueError(value)
+        return first, last
+    block = ipaddress.ip_network(text, strict=True)
+    if not isinstance(block, ipaddress.IPv4Network):
+        raise ValueError(value)
+    return block.network_address, block.broadcast_address
+
+
+def _read_load_balancer(
+    reader: _Reader, network: ipaddress.IPv4Network | None, nodes: tuple[NodeSpec, ...], addons: tuple[str, ...]
+) -> str:
+    """The pool, checked like the other ranges: inside networkCidr, clear of its reserved addresses
+    and of every node (only when the add-on is on: a pool nobody uses cannot collide)."""
+    key = "loadBalancerAddresses"
+    value = reader.text(key)
+    example = "auto, a range such as 172.31.255.200-172.31.255.220, or a CIDR such as 172.31.255.224/28"
+    if network is None:
+        return ""
+    try:
+        first, last = _address_range(value, network)
+    except ValueError:
+        reader.problem(key, value, f"use {example}")
+        return ""
+    shown = f"{first}-{last}"
+    reserved = {network.network_address, network.network_address + 1, network.broadcast_address}
+    if "metallb" not in addons:
+        return shown
+    if first not in network or last not in network:
+        reader.problem(key, value, f"must lie inside networkCidr {network}; use {example}")
+    elif any(first <= address <= last for address in reserved):
+        reader.problem(key, value, f"must leave out {network}'s network, gateway and broadcast addresses")
+    else:
+        taken = [n.name for n in nodes if n.ip and first <= ipaddress.IPv4Address(n.ip) <= last]
+        if taken:
+            reader.problem(
+                key,
+                value,
+                f"{shown} holds the address of {', '.join(taken)}; choose addresses no node has "
+                "(or lower workerCount / move firstWorkerId)",
+            )
+    return shown
+
+
 def _read_choices(reader: _Reader) -> tuple[str, tuple[str, ...], tuple[str, ...], str]:
     cni = reader.text("cni")
     if cni not in SUPPORTED_CNIS:
@@ -484,9 +547,14 @@ def load(
     reader = _Reader(raw, stack)
     reader.problems.extend(key_problems(given or {}))
     network = _read_network(reader)
+    before_nodes = len(reader.problems)
     control_plane, workers = _read_nodes(reader, network)
+    # Nodes already out of place make the pool's collision check noise: one problem, not two.
+    placed = len(reader.problems) == before_nodes
     version, pods, services = _read_kubernetes(reader, network)
     cni, workloads, addons, domain_type = _read_choices(reader)
+    nodes = tuple(n for n in (control_plane, *workers) if n is not None and placed)
+    load_balancer_range = _read_load_balancer(reader, network, nodes, addons)
     user, key_path, public_key = _read_ssh(reader)
     host_key_dir = _read_host_key_dir(reader)
     connectivity_timeout = _read_connectivity_timeout(reader)
@@ -528,6 +596,7 @@ def load(
         cni=cni,
         workloads=workloads,
         addons=addons,
+        load_balancer_range=load_balancer_range,
         image_source=image,
         prebaked=prebaked,
         keep_base_image=keep_base,
