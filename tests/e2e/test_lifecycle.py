@@ -12,10 +12,12 @@ kubeadm init).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shlex
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ pytestmark = pytest.mark.e2e
 
 K8S_VERSION = "v1.34.2"
 NAMESPACE = "kube-on-air"
+METALLB = "metallb-system"
 CONTROL_PLANE = "head10"
 CLUSTER_CA = "/etc/kubernetes/pki/ca.crt"
 ECHO_SERVICE = f"echo.{NAMESPACE}.svc.cluster.local"
@@ -296,6 +299,47 @@ def test_kubectl_top_has_figures_for_every_node(e2e: E2EStack) -> None:
         assert verdict.strip().endswith(": OK"), verdict
     top_pods = e2e.kubectl("top", "pods", "-n", NAMESPACE, "--no-headers")
     assert "kuard" in top_pods, top_pods
+
+
+def host_get(url: str) -> str:
+    """GET `url` from the host itself, as a user's browser or curl on it would."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the NAT network is the host's own
+    with direct.open(url, timeout=10) as answer:
+        return str(answer.read().decode())
+
+
+def kuard_from_the_host(url: str) -> str | None:
+    try:
+        body = host_get(url + "healthy")
+    except OSError as err:
+        return f"{url}healthy: {err}"
+    return None if body.strip() == "ok" else f"{url}healthy answered {body!r}"
+
+
+def test_kuard_answers_the_host_at_its_load_balancer_address(e2e: E2EStack) -> None:
+    """Issue 25: MetalLB in L2 mode; kuard's LoadBalancer Service has the pool's first address and
+    the host (on the NAT network's bridge) gets /healthy from it."""
+    wait_for("a MetalLB speaker on every node", lambda: pods_ready_on(e2e, METALLB, "component=speaker", node_names(1)))
+    pool = e2e.output("loadBalancerAddresses")
+    url = e2e.output("kuardUrl")
+    address = url.removeprefix("http://").rstrip("/")
+    first, last = (ipaddress.IPv4Address(a) for a in pool.split("-"))
+    assert first == ipaddress.IPv4Address(address) <= last, (pool, url)
+
+    def assigned() -> str | None:
+        service = e2e.kubectl_json("get", "service", "-n", NAMESPACE, "kuard")
+        ingress = [i.get("ip") for i in service.get("status", {}).get("loadBalancer", {}).get("ingress", [])]
+        return None if ingress == [address] else f"kuard's Service has {ingress}, want [{address}]"
+
+    started = time.monotonic()
+    wait_for("kuard's Service given its address", assigned, timeout=300, every=5)
+    wait_for("kuard answering the host at its address", lambda: kuard_from_the_host(url), timeout=300, every=5)
+    REPORT["kuard_from_host_seconds"] = round(time.monotonic() - started, 1)
+    # Which node answers ARP for it: a worker, as kubeadm labels the control plane exclude-from-LB.
+    events = e2e.kubectl_json("get", "events", "-n", NAMESPACE, "--field-selector", "involvedObject.name=kuard")
+    announced = [e["message"] for e in events["items"] if e.get("reason") == "nodeAssigned"]
+    REPORT["kuard_announced_by"] = announced
+    assert announced and all("work11" in m for m in announced), announced
 
 
 def test_ups_after_the_first_change_nothing(e2e: E2EStack) -> None:
