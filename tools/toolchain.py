@@ -282,6 +282,9 @@ def build_metrics_server(ctx: Context, work: Path, out: Path) -> str:
     return f"{module}@{METRICS_SERVER}"
 
 
+UPSTREAM_MANIFEST = "metallb-native.yaml"
+
+
 def build_metallb(ctx: Context, work: Path, out: Path) -> str:
     """MetalLB's controller and speaker (the metallb add-on), stamped as its Dockerfiles stamp them."""
     module = "go.universe.tf/metallb"
@@ -289,6 +292,10 @@ def build_metallb(ctx: Context, work: Path, out: Path) -> str:
     ctx.run(["go", "get", f"{module}/controller@{METALLB}", f"{module}/speaker@{METALLB}"], work)
     stamp = " ".join(f"-X {module}/internal/version.{v}={METALLB}" for v in ("gitCommit", "gitBranch"))
     go_build(ctx, work, out, [f"{module}/controller", f"{module}/speaker"], stamp)
+    # Upstream's manifest, kept beside the binaries: make test-toolchain holds the CRDs the program
+    # applies (templates/addons/metallb/crds.yaml) to it.
+    info = ctx.download(f"{module}@{METALLB}", work)
+    shutil.copyfile(Path(info["Dir"]) / "config" / "manifests" / UPSTREAM_MANIFEST, out / UPSTREAM_MANIFEST)
     return f"{module}@{METALLB}"
 
 
@@ -509,7 +516,7 @@ PIECES = (
     Piece("agnhost", build_agnhost),
     Piece("local-path-provisioner", build_local_path_provisioner, pin=LOCAL_PATH_PROVISIONER),
     Piece("metrics-server", build_metrics_server, pin=METRICS_SERVER),
-    Piece("metallb", build_metallb, pin=METALLB),
+    Piece("metallb", build_metallb, pin=METALLB, recipe=2),
     # 2: agnhost as upstream's; slim Debian. 3: the local-path add-on's provisioner and busybox.
     # 4: metrics-server. 5: MetalLB's controller and speaker.
     Piece("images", build_images, needs_versions=True, recipe=5),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from components import metallb
 from components.artifacts.render import sandbox_image
 from components.localpath import BUSYBOX_IMAGE, LOCAL_PATH_IMAGE
 from components.metricsserver import METRICS_SERVER_IMAGE
@@ -270,3 +271,48 @@ def test_metrics_server_is_the_pinned_version_run_as_upstreams_user(toolchain: P
     binary = bundle / "rootfs" / "metrics-server"
     version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False)
     assert version.returncode == 0 and METRICS_SERVER_IMAGE.rsplit(":", 1)[1] in version.stdout, version
+
+
+def metallb_piece(toolchain: Path) -> Path:
+    found = toolchain / "pieces" / "metallb"
+    if not (found / build.UPSTREAM_MANIFEST).exists():
+        pytest.fail(f"no metallb piece of recipe 2 at {found}: run `make toolchain`")
+    return found
+
+
+def documents(text: str) -> list[str]:
+    """The YAML documents of `text` as written, comment-only ones (our provenance header) left out."""
+    parts = text.split("\n---\n")
+    return [d for d in parts if any(line and not line.startswith(("#", "---")) for line in d.splitlines())]
+
+
+def test_metallb_crds_are_upstreams_byte_for_byte(toolchain: Path) -> None:
+    upstream = (metallb_piece(toolchain) / build.UPSTREAM_MANIFEST).read_text()
+    theirs = [d for d in documents(upstream) if "\nkind: CustomResourceDefinition\n" in f"\n{d}\n"]
+    ours = documents(metallb.CRDS.read_text())
+    assert len(theirs) == 8 and ours == theirs
+
+
+@pytest.mark.parametrize(
+    ("ref", "binary"), [(metallb.CONTROLLER_IMAGE, "controller"), (metallb.SPEAKER_IMAGE, "speaker")]
+)
+def test_metallb_images_start_as_upstreams_and_are_the_pinned_module(
+    toolchain: Path, tmp_path: Path, ref: str, binary: str
+) -> None:
+    bundle = unpacked(toolchain, tmp_path, ref)
+    process = json.loads((bundle / "config.json").read_text())["process"]
+    # Upstream's: distroless static, the binary at /, no USER (the controller's pod sets 65534).
+    assert process["args"] == [f"/{binary}"] and (process["user"]["uid"], process["user"]["gid"]) == (0, 0)
+    built = subprocess.run(["go", "version", "-m", str(bundle / "rootfs" / binary)], capture_output=True, text=True)
+    assert f"go.universe.tf/metallb\t{metallb.VERSION}" in built.stdout, built.stdout + built.stderr
+
+
+@pytest.mark.parametrize("has_workers", [True, False])
+def test_the_speaker_knows_every_flag_the_program_passes(toolchain: Path, has_workers: bool) -> None:
+    usage = subprocess.run(
+        [str(metallb_piece(toolchain) / "speaker"), "--help"], capture_output=True, text=True, timeout=30
+    )
+    known = usage.stdout + usage.stderr
+    for arg in metallb.speaker_args(has_workers):
+        flag = arg.split("=", 1)[0].lstrip("-")
+        assert f"--{flag} " in known or f"-{flag} " in known, f"{flag} not in the speaker's usage: {known}"
