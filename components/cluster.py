@@ -130,7 +130,15 @@ class Cluster(pulumi.ComponentResource):
         if "metallb" in config.addons:
             self.metallb = MetalLB(
                 f"{name}-metallb",
-                MetalLBArgs(self.kubernetes, self.cni, config.load_balancer_range, has_workers=bool(config.workers)),
+                MetalLBArgs(
+                    self.kubernetes,
+                    self.cni,
+                    config.load_balancer_range,
+                    has_workers=bool(config.workers),
+                    access=access,
+                    control_plane=cp,
+                    liveness=config.tolerances.metallb_liveness,
+                ),
                 pulumi.ResourceOptions(parent=self),
             )
         self.workloads: Workloads | None = None

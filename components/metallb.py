@@ -10,9 +10,11 @@ the rest typed here, with images this toolchain builds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
+from pulumi_command import remote
 from pulumi_kubernetes.admissionregistration.v1 import (
     RuleWithOperationsArgs,
     ServiceReferenceArgs,
@@ -59,7 +61,10 @@ from pulumi_kubernetes.rbac.v1 import (
     SubjectArgs,
 )
 
+from components.artifacts import render, ssh
 from components.artifacts.render import TEMPLATES
+from components.config.settings import NodeSpec
+from components.config.tolerances import Probe
 
 # The version the Go module proxy serves here (go.universe.tf/metallb, built by `make toolchain`).
 VERSION = "v0.15.2"
@@ -180,12 +185,25 @@ def speaker_cluster_rules() -> list[PolicyRuleArgs]:
     ]
 
 
+def pool_manifest(address_range: str) -> dict[str, Any]:
+    """The IPAddressPool every LoadBalancer Service takes its address from."""
+    return {
+        "apiVersion": "metallb.io/v1beta1",
+        "kind": "IPAddressPool",
+        "metadata": {"name": POOL, "namespace": NAMESPACE},
+        "spec": {"addresses": [address_range]},
+    }
+
+
 @dataclass(frozen=True)
 class MetalLBArgs:
     provider: k8s.Provider
     cni: pulumi.Resource  # the controller's webhook is reached over the pod network
     address_range: str  # the pool, "first-last" (settings: loadBalancerAddresses)
     has_workers: bool
+    access: ssh.Access  # the webhook gate runs kubectl on the control plane
+    control_plane: NodeSpec
+    liveness: Probe  # the controller's and speaker's (slowHost: patient)
 
 
 class MetalLB(pulumi.ComponentResource):
@@ -229,7 +247,9 @@ class MetalLB(pulumi.ComponentResource):
             spec=DeploymentSpecArgs(
                 revision_history_limit=3,
                 selector=LabelSelectorArgs(match_labels=CONTROLLER_LABELS),
-                template=PodTemplateSpecArgs(metadata=ObjectMetaArgs(labels=CONTROLLER_LABELS), spec=_controller_pod()),
+                template=PodTemplateSpecArgs(
+                    metadata=ObjectMetaArgs(labels=CONTROLLER_LABELS), spec=_controller_pod(args.liveness)
+                ),
             ),
             opts=pulumi.ResourceOptions.merge(
                 inside,
@@ -249,7 +269,7 @@ class MetalLB(pulumi.ComponentResource):
             spec=DaemonSetSpecArgs(
                 selector=LabelSelectorArgs(match_labels=SPEAKER_LABELS),
                 template=PodTemplateSpecArgs(
-                    metadata=ObjectMetaArgs(labels=SPEAKER_LABELS), spec=_speaker_pod(args.has_workers)
+                    metadata=ObjectMetaArgs(labels=SPEAKER_LABELS), spec=_speaker_pod(args.has_workers, args.liveness)
                 ),
             ),
             # After the controller: it creates the memberlist Secret the speaker mounts.
@@ -257,17 +277,27 @@ class MetalLB(pulumi.ComponentResource):
                 inside, pulumi.ResourceOptions(depends_on=[self.crds, self.excluded, self.controller, *grants])
             ),
         )
-        # Both checked by the controller's webhook (failurePolicy Fail): only once it serves, and
-        # its Service has the endpoint (awaited), so the API server can call it.
+        # Both are judged by the controller's webhook (failurePolicy Fail): a Ready controller is not
+        # yet a reachable webhook, so the gate waits until the webhook admits this very pool.
+        pool = pool_manifest(args.address_range)
+        self.webhook_ready = remote.Command(
+            f"{name}-webhook-ready",
+            connection=args.access.connection(args.control_plane),
+            create=render.metallb_webhook_ready_script(pool),
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[self.crds, self.controller, self.webhook_service, self.webhooks]
+            ),
+        )
         configured = pulumi.ResourceOptions.merge(
-            inside, pulumi.ResourceOptions(depends_on=[self.crds, self.controller, self.webhook_service])
+            inside, pulumi.ResourceOptions(depends_on=[self.crds, self.controller, self.webhook_ready])
         )
         self.pool = CustomResource(
             f"{name}-pool",
-            api_version="metallb.io/v1beta1",
-            kind="IPAddressPool",
-            metadata=ObjectMetaArgs(name=POOL, namespace=NAMESPACE),
-            spec={"addresses": [args.address_range]},
+            api_version=pool["apiVersion"],
+            kind=pool["kind"],
+            metadata=ObjectMetaArgs(name=pool["metadata"]["name"], namespace=pool["metadata"]["namespace"]),
+            spec=pool["spec"],
             opts=configured,
         )
         self.advertisement = CustomResource(
@@ -350,22 +380,29 @@ def _webhooks() -> list[ValidatingWebhookArgs]:
     ]
 
 
-def _metrics_probe() -> ProbeArgs:
+def _metrics_probe(probe: Probe) -> ProbeArgs:
+    """/metrics answers once the webhook serves (the controller starts both after its certificate)."""
     return ProbeArgs(
         http_get=HTTPGetActionArgs(path="/metrics", port="monitoring"),
-        initial_delay_seconds=10,
-        period_seconds=10,
-        timeout_seconds=1,
+        initial_delay_seconds=probe.initial_delay_seconds,
+        period_seconds=probe.period_seconds,
+        timeout_seconds=probe.timeout_seconds,
         success_threshold=1,
-        failure_threshold=3,
+        failure_threshold=probe.failure_threshold,
     )
+
+
+def _readiness(liveness: Probe) -> Probe:
+    """Upstream's readiness timing, with the liveness probe's patience for one answer."""
+    patience = liveness.timeout_seconds
+    return Probe(initial_delay_seconds=10, period_seconds=10, timeout_seconds=patience, failure_threshold=3)
 
 
 def _field(path: str) -> EnvVarSourceArgs:
     return EnvVarSourceArgs(field_ref=ObjectFieldSelectorArgs(field_path=path))
 
 
-def _controller_pod() -> PodSpecArgs:
+def _controller_pod(liveness: Probe) -> PodSpecArgs:
     return PodSpecArgs(
         service_account_name="controller",
         termination_grace_period_seconds=0,
@@ -385,8 +422,8 @@ def _controller_pod() -> PodSpecArgs:
                     ContainerPortArgs(name="monitoring", container_port=MONITORING_PORT),
                     ContainerPortArgs(name="webhook-server", container_port=WEBHOOK_PORT, protocol="TCP"),
                 ],
-                liveness_probe=_metrics_probe(),
-                readiness_probe=_metrics_probe(),
+                liveness_probe=_metrics_probe(liveness),
+                readiness_probe=_metrics_probe(_readiness(liveness)),
                 security_context=SecurityContextArgs(
                     allow_privilege_escalation=False,
                     capabilities=CapabilitiesArgs(drop=["all"]),
@@ -400,7 +437,7 @@ def _controller_pod() -> PodSpecArgs:
     )
 
 
-def _speaker_pod(has_workers: bool) -> PodSpecArgs:
+def _speaker_pod(has_workers: bool, liveness: Probe) -> PodSpecArgs:
     env = {
         "METALLB_NODE_NAME": _field("spec.nodeName"),
         "METALLB_POD_NAME": _field("metadata.name"),
@@ -432,8 +469,8 @@ def _speaker_pod(has_workers: bool) -> PodSpecArgs:
                     ContainerPortArgs(name="memberlist-tcp", container_port=MEMBERLIST_PORT),
                     ContainerPortArgs(name="memberlist-udp", container_port=MEMBERLIST_PORT, protocol="UDP"),
                 ],
-                liveness_probe=_metrics_probe(),
-                readiness_probe=_metrics_probe(),
+                liveness_probe=_metrics_probe(liveness),
+                readiness_probe=_metrics_probe(_readiness(liveness)),
                 security_context=SecurityContextArgs(
                     allow_privilege_escalation=False,
                     capabilities=CapabilitiesArgs(add=["NET_RAW"], drop=["ALL"]),

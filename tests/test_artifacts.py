@@ -146,6 +146,7 @@ SCRIPT_TEMPLATES: dict[str, Callable[[int, int, bool], int]] = {
     "api-steady.sh.j2": lambda n, w, p: 1,
     "install-serving-approver.sh.j2": lambda n, w, p: 1,
     "kubelet-serving.sh.j2": lambda n, w, p: n,
+    "metallb-webhook-ready.sh.j2": lambda n, w, p: 1,  # every stack here has the default add-ons
 }
 
 

@@ -4,18 +4,23 @@ level 4), and its custom resources against the CRDs the cluster gets (level 3: u
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from components import metallb
+from components.artifacts import render
 from components.config import settings as cfg
 from tests.conftest import air_config
 from tests.test_config import problems, raw_air
 from tests.validators import custom_resource_schemas, validate_custom_resource
 from tools import offline
 from tools.dryrun import Evaluation, Resource, evaluate
+from tools.render import heredocs
 
 POOL = "kubernetes:metallb.io/v1beta1:IPAddressPool"
 L2 = "kubernetes:metallb.io/v1beta1:L2Advertisement"
@@ -110,7 +115,16 @@ def test_the_pool_waits_for_the_webhook_that_judges_it(air: Evaluation) -> None:
         "kube-on-air-metallb-controller",
         "kube-on-air-metallb-webhook-service",
         "kube-on-air-metallb-webhooks",
+        "kube-on-air-metallb-webhook-ready",
     } <= waits_for
+    gate = air.named("kube-on-air-metallb-webhook-ready")
+    assert {air.by_urn[u].name for u in air.transitive_dependencies(gate) if u in air.by_urn} >= {
+        "kube-on-air-metallb-controller",
+        "kube-on-air-metallb-webhooks",
+    }
+    # The gate asks the webhook about the very pool `up` then creates.
+    document = json.loads(heredocs(str(gate.plain("create")))["POOL"])
+    assert document == pool_document(air)
     (advertisement,) = air.of_type(L2)
     assert pool.urn in air.transitive_dependencies(advertisement)
 
@@ -188,3 +202,67 @@ def test_the_crd_schema_refuses_a_misspelt_or_mistyped_pool(air: Evaluation) -> 
     assert any("autoAsign" in p for p in validate_custom_resource(typo, schema, "pool"))
     wrong = {**pool, "spec": {"addresses": "172.31.255.239-172.31.255.254"}}
     assert any("spec.addresses" in p for p in validate_custom_resource(wrong, schema, "pool"))
+
+
+# ---- the webhook gate, run for real against a stand-in kubectl ------------------------------
+
+
+def run_gate(tmp_path: Path, refusals: int, timeout_seconds: int) -> subprocess.CompletedProcess[str]:
+    """The rendered gate with `sudo` and a `kubectl` that refuses `refusals` times, then admits."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sudo").write_text('#!/bin/bash\nexec "$@"\n')
+    (bin_dir / "kubectl").write_text(
+        "#!/bin/bash\n"
+        f'calls={tmp_path}/calls; echo "$*" >>"$calls"\n'
+        f'if [ "$(wc -l <"$calls")" -le {refusals} ]; then echo "connection refused" >&2; exit 1; fi\n'
+        f"cat >{tmp_path}/admitted.json; echo ipaddresspool.metallb.io/default\n"
+    )
+    for tool in ("sudo", "kubectl"):
+        (bin_dir / tool).chmod(0o755)
+    script = tmp_path / "gate.sh"
+    pool = metallb.pool_manifest("172.31.255.239-172.31.255.254")
+    script.write_text(
+        render.render(
+            "scripts/metallb-webhook-ready.sh.j2",
+            pool_name="default",
+            pool_json=json.dumps(pool),
+            admin_conf="/etc/kubernetes/admin.conf",
+            timeout_seconds=timeout_seconds,
+            retry_seconds=0,
+        )
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+def test_the_gate_retries_until_the_webhook_admits_the_pool(tmp_path: Path) -> None:
+    done = run_gate(tmp_path, refusals=3, timeout_seconds=30)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 4
+    assert calls[-1] == "--kubeconfig /etc/kubernetes/admin.conf apply --dry-run=server -o name -f -"
+    admitted = json.loads((tmp_path / "admitted.json").read_text())
+    assert admitted == metallb.pool_manifest("172.31.255.239-172.31.255.254")
+    assert "admitted by MetalLB's webhook" in done.stdout
+
+
+def test_the_gate_gives_up_with_the_last_answer(tmp_path: Path) -> None:
+    done = run_gate(tmp_path, refusals=10**6, timeout_seconds=1)
+    assert done.returncode == 1
+    assert "did not admit the pool within 1 s: connection refused" in done.stderr
+
+
+def test_probes_are_upstreams_on_kvm_and_patient_under_emulation(air: Evaluation, ssh_key: Path) -> None:
+    def probes(evaluation: Evaluation) -> list[tuple[int, int, int]]:
+        found = []
+        for kind, name in (("kubernetes:apps/v1:Deployment", "controller"), (DAEMON_SET, "speaker")):
+            container = named(evaluation, kind, name).plain("spec")["template"]["spec"]["containers"][0]
+            for probe in (container["livenessProbe"], container["readinessProbe"]):
+                found.append((probe["timeoutSeconds"], probe["periodSeconds"], probe["failureThreshold"]))
+        return found
+
+    assert probes(air) == [(1, 10, 3)] * 4, "upstream's manifest"
+    emulated = evaluate("air", air_config(ssh_key, domainType="qemu"))
+    assert emulated.error is None, emulated.error
+    assert probes(emulated) == [(5, 10, 12), (5, 10, 3)] * 2

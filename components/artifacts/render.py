@@ -5,6 +5,7 @@ Pure functions of the validated config: the same config always renders the same 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -260,6 +261,22 @@ def _serving_approver(config: ClusterConfig) -> dict[str, Any]:
         "ca_file": CLUSTER_CA,
         "admin_conf": ADMIN_CONF,
     }
+
+
+# How long the metallb gate waits for the webhook to admit the pool, and between its tries.
+METALLB_WEBHOOK_TIMEOUT_SECONDS = 300
+METALLB_WEBHOOK_RETRY_SECONDS = 5
+
+
+def metallb_webhook_ready_script(pool: Mapping[str, Any]) -> str:
+    return render(
+        "scripts/metallb-webhook-ready.sh.j2",
+        pool_name=pool["metadata"]["name"],
+        pool_json=json.dumps(pool, sort_keys=True),
+        admin_conf=ADMIN_CONF,
+        timeout_seconds=METALLB_WEBHOOK_TIMEOUT_SECONDS,
+        retry_seconds=METALLB_WEBHOOK_RETRY_SECONDS,
+    )
 
 
 def kubelet_serving_script() -> str:

@@ -40,6 +40,9 @@ class Tolerances:
     control_plane_liveness_failures: int | None
     control_plane_startup_failures: int | None
     kube_router_liveness: Probe
+    # MetalLB's controller and speaker (upstream: /metrics every 10 s, 1 s to answer, 3 misses): a
+    # starved emulated node missed that, and a restarted controller refuses its webhook's calls.
+    metallb_liveness: Probe
     # The connectivity check's readiness probe (an exec of agnhost connect) and its connect timeout:
     # on a busy emulated control plane the exec alone took longer than 5 s.
     connectivity_probe: Probe
@@ -66,6 +69,7 @@ HARDWARE = Tolerances(
     control_plane_liveness_failures=None,
     control_plane_startup_failures=None,
     kube_router_liveness=Probe(initial_delay_seconds=10, period_seconds=3, timeout_seconds=1, failure_threshold=3),
+    metallb_liveness=Probe(initial_delay_seconds=10, period_seconds=10, timeout_seconds=1, failure_threshold=3),
     connectivity_probe=Probe(initial_delay_seconds=0, period_seconds=5, timeout_seconds=5, failure_threshold=3),
     connect_timeout="3s",
     cni_await_seconds=600,
@@ -95,6 +99,7 @@ EMULATED = Tolerances(
     control_plane_liveness_failures=30,
     control_plane_startup_failures=90,
     kube_router_liveness=Probe(initial_delay_seconds=60, period_seconds=10, timeout_seconds=5, failure_threshold=12),
+    metallb_liveness=Probe(initial_delay_seconds=60, period_seconds=10, timeout_seconds=5, failure_threshold=12),
     connectivity_probe=Probe(initial_delay_seconds=0, period_seconds=20, timeout_seconds=45, failure_threshold=3),
     connect_timeout="20s",
     cni_await_seconds=1800,
