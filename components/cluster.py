@@ -10,10 +10,12 @@ import pulumi_kubernetes as k8s
 import pulumi_libvirt as libvirt
 from pulumi_command import remote
 
+from components import metallb
 from components.artifacts import hostkeys, render, ssh
 from components.artifacts.hostkeys import HostKey
 from components.cni import Cni, CniArgs
 from components.config.settings import ClusterConfig
+from components.crds import Crds, CrdsArgs
 from components.kubeadm import ControlPlane, ControlPlaneArgs, WorkerJoin, WorkerJoinArgs
 from components.localpath import LocalPath, LocalPathArgs
 from components.metallb import MetalLB, MetalLBArgs
@@ -25,6 +27,9 @@ from components.servingcerts import ServingCerts, ServingCertsArgs
 from components.storage import ImageStore, ImageStoreArgs
 from components.timing import PhaseClock, PhaseClockArgs
 from components.workloads import Workloads, WorkloadsArgs, kuard_address
+
+# The add-ons that bring CustomResourceDefinitions, and the file of them the cluster applies first.
+CRDS_OF = {"metallb": metallb.CRDS}
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,13 @@ class Cluster(pulumi.ComponentResource):
             delete_unreachable=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.api_steady]),
         )
-        self.cni = Cni(f"{name}-cni", CniArgs(config, self.kubernetes), pulumi.ResourceOptions(parent=self))
+        self.crds: Crds | None = None
+        crd_files = [CRDS_OF[addon] for addon in config.addons if addon in CRDS_OF]
+        if crd_files:
+            crds = CrdsArgs(config, self.kubernetes, access, crd_files)
+            self.crds = Crds(f"{name}-crds", crds, pulumi.ResourceOptions(parent=self))
+        first = [self.crds.settled] if self.crds else []
+        self.cni = Cni(f"{name}-cni", CniArgs(config, self.kubernetes, first), pulumi.ResourceOptions(parent=self))
         self.local_path: LocalPath | None = None
         if "local-path" in config.addons:
             self.local_path = LocalPath(
@@ -133,6 +144,7 @@ class Cluster(pulumi.ComponentResource):
                 MetalLBArgs(
                     self.kubernetes,
                     self.cni,
+                    self.crds.settled if self.crds else self.cni,
                     config.load_balancer_range,
                     has_workers=bool(config.workers),
                     access=access,

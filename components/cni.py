@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -80,6 +81,8 @@ def images(cni: str) -> tuple[str, ...]:
 class CniArgs:
     config: ClusterConfig
     provider: k8s.Provider
+    # What must settle before the first object (the add-ons' CRDs); everything else waits for the CNI.
+    after: Sequence[pulumi.Resource] = ()
 
 
 class Cni(pulumi.ComponentResource):
@@ -87,7 +90,7 @@ class Cni(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: CniArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:cni:Cni", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.after))
         if args.config.cni == "calico":
             # Calico auto-detects kubeadm's pod subnet; its manifest is applied as published upstream.
             self.calico = k8s.yaml.v2.ConfigFile(f"{name}-calico", file=CALICO_MANIFEST, opts=child)

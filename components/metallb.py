@@ -199,6 +199,7 @@ def pool_manifest(address_range: str) -> dict[str, Any]:
 class MetalLBArgs:
     provider: k8s.Provider
     cni: pulumi.Resource  # the controller's webhook is reached over the pod network
+    crds: pulumi.Resource  # its CRDs, applied and settled first (components/crds.py)
     address_range: str  # the pool, "first-last" (settings: loadBalancerAddresses)
     has_workers: bool
     access: ssh.Access  # the webhook gate runs kubectl on the control plane
@@ -223,7 +224,7 @@ class MetalLB(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        self.crds = k8s.yaml.v2.ConfigGroup(f"{name}-crds", yaml=CRDS.read_text(), opts=child)
+        self.crds = args.crds
         inside = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.namespace]))
         grants = self._grants(name, child, inside)
         self.webhook_cert = Secret(

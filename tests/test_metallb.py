@@ -111,7 +111,7 @@ def test_the_pool_waits_for_the_webhook_that_judges_it(air: Evaluation) -> None:
     (pool,) = air.of_type(POOL)
     waits_for = {air.by_urn[u].name for u in air.transitive_dependencies(pool) if u in air.by_urn}
     assert {
-        "kube-on-air-metallb-crds",
+        "kube-on-air-crds-metallb",
         "kube-on-air-metallb-controller",
         "kube-on-air-metallb-webhook-service",
         "kube-on-air-metallb-webhooks",
@@ -266,3 +266,16 @@ def test_probes_are_upstreams_on_kvm_and_patient_under_emulation(air: Evaluation
     emulated = evaluate("air", air_config(ssh_key, domainType="qemu"))
     assert emulated.error is None, emulated.error
     assert probes(emulated) == [(5, 10, 12), (5, 10, 3)] * 2
+
+
+def test_the_crds_go_first_and_the_api_settles_before_anything_else(air: Evaluation) -> None:
+    settled = air.named("kube-on-air-crds-settled")
+    crds = air.named("kube-on-air-crds-metallb")
+    assert crds.urn in air.transitive_dependencies(settled)
+    # Every other Kubernetes object starts after the gate: the provider's OpenAPI fetch after new
+    # CRDs timed out under emulation while the CNI and the add-ons were being created beside them.
+    kube_objects = [r for r in air.resources if r.custom and r.type.startswith("kubernetes:") and r.parent != crds.urn]
+    objects = [r for r in kube_objects if r.type != "pulumi:providers:kubernetes"]
+    assert objects
+    early = [r.name for r in objects if settled.urn not in air.transitive_dependencies(r)]
+    assert early == [], early

@@ -98,7 +98,7 @@ def test_components_follow_pulumi_conventions(air: Evaluation) -> None:
     # The one component of someone else's: MetalLB's CRDs, applied from upstream's YAML by the provider.
     foreign = [r for r in air.resources if not r.custom and r not in components]
     assert [(r.type, air.by_urn[r.parent].type) for r in foreign] == [
-        ("kubernetes:yaml/v2:ConfigGroup", "kube-on-air:metallb:MetalLB")
+        ("kubernetes:yaml/v2:ConfigGroup", "kube-on-air:crds:Crds")
     ]
     assert {c.type.split(":")[1] for c in components} == {
         "cluster",
@@ -107,6 +107,7 @@ def test_components_follow_pulumi_conventions(air: Evaluation) -> None:
         "localpath",
         "metricsserver",
         "metallb",
+        "crds",
         "servingcerts",
         "node",
         "kubeadm",
