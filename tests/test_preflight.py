@@ -395,6 +395,17 @@ def test_our_own_bridge_route_is_not_a_collision(config: ClusterConfig) -> None:
     assert pf.check(config, facts) == []
 
 
+def test_bridged_frames_through_the_hosts_iptables_are_refused(config: ClusterConfig) -> None:
+    problem = only(pf.check(config, healthy(bridge_nf_call_iptables=True)), "bridge-netfilter")
+    assert_says(
+        problem,
+        ["net.bridge.bridge-nf-call-iptables is 1", config.bridge_name, "masquerades"],
+        ["sysctl -w net.bridge.bridge-nf-call-iptables=0", "/etc/sysctl.d/"],
+    )
+    # br_netfilter not loaded, or the setting off: nothing to say.
+    assert pf.check(config, healthy(bridge_nf_call_iptables=False)) == []
+
+
 def test_remote_uri_skips_local_checks(ssh_key: Path) -> None:
     remote = cluster_config(ssh_key, uri="qemu+ssh://admin@kvm1.example/system?keyfile=/k")
     # Every local fact says "broken": none of it describes the remote libvirt host.

@@ -359,6 +359,23 @@ def _check_host_routes(config: ClusterConfig, facts: HostFacts) -> list[Prefligh
     ]
 
 
+def _check_bridge_netfilter(config: ClusterConfig, facts: HostFacts) -> list[PreflightProblem]:
+    """Bridged frames through the host's iptables: libvirt's NAT then rewrites a node's packets to a pod
+    on another node (seen: the API server's calls to metrics-server timed out, `kubectl top` failed)."""
+    if not facts.bridge_nf_call_iptables:
+        return []
+    observed = (
+        "net.bridge.bridge-nf-call-iptables is 1 on this host (br_netfilter, loaded by Docker or a CNI): "
+        f"traffic between the nodes on {config.bridge_name} passes the host's iptables, where libvirt's NAT "
+        "masquerades a node's packets to pods on another node, so the API server cannot reach add-ons' pods"
+    )
+    fix = (
+        "sudo sysctl -w net.bridge.bridge-nf-call-iptables=0, and keep it in /etc/sysctl.d/ "
+        "(libvirt's advice for bridged guests)"
+    )
+    return [PreflightProblem("bridge-netfilter", observed, fix)]
+
+
 CHECKS: tuple[Callable[[ClusterConfig, HostFacts], list[PreflightProblem]], ...] = (
     _check_virsh,
     _check_libvirt,
@@ -374,6 +391,7 @@ CHECKS: tuple[Callable[[ClusterConfig, HostFacts], list[PreflightProblem]], ...]
     _check_ssh_key,
     _check_network,
     _check_host_routes,
+    _check_bridge_netfilter,
 )
 
 

@@ -127,6 +127,8 @@ class HostFacts:
     disk_probe_path: str | None  # the pool path or its nearest existing parent
     disk_free_mib: int | None
     host_routes: tuple[HostRoute, ...] | None
+    # net.bridge.bridge-nf-call-iptables (br_netfilter loaded): False when the module is not loaded.
+    bridge_nf_call_iptables: bool | None = None
     gather_seconds: float = 0.0
 
 
@@ -634,6 +636,13 @@ def _ssh_key_error(path: str) -> str | None:
     return None
 
 
+BRIDGE_NF_CALL_IPTABLES = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+
+
+def _bridge_nf_call_iptables() -> bool:
+    return BRIDGE_NF_CALL_IPTABLES.exists() and BRIDGE_NF_CALL_IPTABLES.read_text().strip() == "1"
+
+
 def gather_host_facts(config: ClusterConfig) -> HostFacts:
     """Read everything `check` needs from this machine and libvirt; never raises, never hangs (virsh timeouts)."""
     started = time.monotonic()
@@ -677,6 +686,7 @@ def gather_host_facts(config: ClusterConfig) -> HostFacts:
         disk_probe_path=probe,
         disk_free_mib=free,
         host_routes=local(_host_routes),
+        bridge_nf_call_iptables=local(_bridge_nf_call_iptables),
         gather_seconds=round(time.monotonic() - started, 3),
     )
 

@@ -106,7 +106,14 @@ def kvm_for_qemu() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def e2e(libvirtd: lh.LibvirtHost, kvm_for_qemu: None) -> E2EStack:
+def bridge_netfilter_off() -> Iterator[None]:
+    with lh.bridged_frames_past_iptables() as changed:
+        REPORT["bridge_nf_call_iptables"] = changed
+        yield
+
+
+@pytest.fixture(scope="session")
+def e2e(libvirtd: lh.LibvirtHost, kvm_for_qemu: None, bridge_netfilter_off: None) -> E2EStack:
     home = toolchain_home()
     lacking = offline.registered_problems(home)
     if lacking:

@@ -488,6 +488,24 @@ def make_seed_iso(source_dir: Path, dest: Path) -> Path:
 DEV_KVM = Path("/dev/kvm")
 
 
+BRIDGE_NF_CALL_IPTABLES = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+
+
+@contextlib.contextmanager
+def bridged_frames_past_iptables() -> Iterator[str]:
+    """net.bridge.bridge-nf-call-iptables 0 for as long as the block runs, as the preflight's advice
+    says (a host where Docker or a CNI loaded br_netfilter has it 1); then put back. Yields what changed."""
+    if not BRIDGE_NF_CALL_IPTABLES.exists():
+        yield "br_netfilter not loaded"
+        return
+    before = BRIDGE_NF_CALL_IPTABLES.read_text().strip()
+    BRIDGE_NF_CALL_IPTABLES.write_text("0\n")
+    try:
+        yield f"bridge-nf-call-iptables {before} -> 0 for the run"
+    finally:
+        BRIDGE_NF_CALL_IPTABLES.write_text(f"{before}\n")
+
+
 @contextlib.contextmanager
 def kvm_device_for_qemu() -> Iterator[str]:
     """/dev/kvm given to group kvm, 0660, as udev does, for as long as the block runs; then put back.
