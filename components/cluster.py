@@ -150,6 +150,7 @@ class Cluster(pulumi.ComponentResource):
                     access=access,
                     control_plane=cp,
                     liveness=config.tolerances.metallb_liveness,
+                    webhook_timeout_seconds=config.tolerances.metallb_webhook_timeout_seconds,
                 ),
                 pulumi.ResourceOptions(parent=self),
             )

@@ -205,6 +205,7 @@ class MetalLBArgs:
     access: ssh.Access  # the webhook gate runs kubectl on the control plane
     control_plane: NodeSpec
     liveness: Probe  # the controller's and speaker's (slowHost: patient)
+    webhook_timeout_seconds: int  # how long the API server waits for the webhook's answer
 
 
 class MetalLB(pulumi.ComponentResource):
@@ -239,7 +240,10 @@ class MetalLB(pulumi.ComponentResource):
             opts=inside,
         )
         self.webhooks = ValidatingWebhookConfiguration(
-            f"{name}-webhooks", metadata=ObjectMetaArgs(name=WEBHOOK_CONFIGURATION), webhooks=_webhooks(), opts=child
+            f"{name}-webhooks",
+            metadata=ObjectMetaArgs(name=WEBHOOK_CONFIGURATION),
+            webhooks=_webhooks(args.webhook_timeout_seconds),
+            opts=child,
         )
         self.controller = Deployment(
             f"{name}-controller",
@@ -356,11 +360,12 @@ class MetalLB(pulumi.ComponentResource):
         return grants
 
 
-def _webhooks() -> list[ValidatingWebhookArgs]:
+def _webhooks(timeout_seconds: int) -> list[ValidatingWebhookArgs]:
     return [
         ValidatingWebhookArgs(
             name=f"{webhook}validationwebhook.metallb.io",
             admission_review_versions=["v1"],
+            timeout_seconds=timeout_seconds,
             client_config=WebhookClientConfigArgs(
                 service=ServiceReferenceArgs(
                     name=WEBHOOK_SERVICE, namespace=NAMESPACE, path=f"/validate-metallb-io-{version}-{kind}"

@@ -268,6 +268,20 @@ def test_probes_are_upstreams_on_kvm_and_patient_under_emulation(air: Evaluation
     assert probes(emulated) == [(5, 10, 12), (5, 10, 3)] * 2
 
 
+def test_the_api_server_waits_for_the_webhook_as_upstream_on_kvm_and_longer_under_emulation(
+    air: Evaluation, ssh_key: Path
+) -> None:
+    def timeouts(evaluation: Evaluation) -> list[int]:
+        kind = "kubernetes:admissionregistration.k8s.io/v1:ValidatingWebhookConfiguration"
+        configuration = named(evaluation, kind, metallb.WEBHOOK_CONFIGURATION)
+        return [webhook.get("timeoutSeconds") for webhook in configuration.plain("webhooks")]
+
+    assert timeouts(air) == [10] * len(metallb.WEBHOOKS), "Kubernetes' default, as upstream's manifest leaves it"
+    # Measured in make e2e: the L2Advertisement's call timed out at 10 s on a busy emulated host.
+    emulated = evaluate("air", air_config(ssh_key, domainType="qemu"))
+    assert timeouts(emulated) == [30] * len(metallb.WEBHOOKS), "the most the API allows"
+
+
 def test_the_crds_go_first_and_the_api_settles_before_anything_else(air: Evaluation) -> None:
     settled = air.named("kube-on-air-crds-settled")
     crds = air.named("kube-on-air-crds-metallb")

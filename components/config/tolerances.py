@@ -43,6 +43,9 @@ class Tolerances:
     # MetalLB's controller and speaker (upstream: /metrics every 10 s, 1 s to answer, 3 misses): a
     # starved emulated node missed that, and a restarted controller refuses its webhook's calls.
     metallb_liveness: Probe
+    # How long the API server waits for MetalLB's webhook (Kubernetes' default 10 s; 30 s is the most
+    # it allows): under emulation a busy controller answered the L2Advertisement's call past 10 s.
+    metallb_webhook_timeout_seconds: int
     # The connectivity check's readiness probe (an exec of agnhost connect) and its connect timeout:
     # on a busy emulated control plane the exec alone took longer than 5 s.
     connectivity_probe: Probe
@@ -70,6 +73,7 @@ HARDWARE = Tolerances(
     control_plane_startup_failures=None,
     kube_router_liveness=Probe(initial_delay_seconds=10, period_seconds=3, timeout_seconds=1, failure_threshold=3),
     metallb_liveness=Probe(initial_delay_seconds=10, period_seconds=10, timeout_seconds=1, failure_threshold=3),
+    metallb_webhook_timeout_seconds=10,
     connectivity_probe=Probe(initial_delay_seconds=0, period_seconds=5, timeout_seconds=5, failure_threshold=3),
     connect_timeout="3s",
     cni_await_seconds=600,
@@ -100,6 +104,7 @@ EMULATED = Tolerances(
     control_plane_startup_failures=90,
     kube_router_liveness=Probe(initial_delay_seconds=60, period_seconds=10, timeout_seconds=5, failure_threshold=12),
     metallb_liveness=Probe(initial_delay_seconds=60, period_seconds=10, timeout_seconds=5, failure_threshold=12),
+    metallb_webhook_timeout_seconds=30,
     connectivity_probe=Probe(initial_delay_seconds=0, period_seconds=20, timeout_seconds=45, failure_threshold=3),
     connect_timeout="20s",
     cni_await_seconds=1800,
