@@ -35,7 +35,7 @@ PULUMI_UNREACHABLE := no pulumi on PATH and https://get.pulumi.com cannot be rea
 # What `make test` runs outside the venv, as CHECK=Debian package (see tests/system-deps.sh).
 TEST_SYSTEM_DEPS := py:ensurepip=python3-venv ssh-keygen=openssh-client cloud-init=cloud-init virsh=libvirt-clients
 
-.PHONY: help up preview destroy clean ls kubeconfig env test test-deps test-vm lint render bench image plugins deps dev-deps pulumi-cli stack toolchain test-toolchain e2e e2e-lifecycle timeline
+.PHONY: help up preview destroy clean ls kubeconfig env test test-deps test-vm lint render bench image plugins deps dev-deps pulumi-cli stack toolchain test-toolchain e2e conformance e2e-lifecycle timeline
 # Prerequisites run in the order written: the system tool check before anything is installed.
 .NOTPARALLEL:
 
@@ -149,11 +149,14 @@ toolchain: deps ## build the Pulumi CLI, provider plugins, Kubernetes and its im
 test-toolchain: dev-deps ## the built kubeadm validates every rendered config; pulumi and plugins at the pinned versions
 	$(PY) -m pytest -q -m toolchain tests/toolchain
 
-E2E_SELECT ?= e2e and not lifecycle
+E2E_SELECT ?= e2e and not lifecycle and not conformance
 e2e: dev-deps ## a real `pulumi up` of the e2e stack: the cluster's checks, a second up without changes, destroy (root; ~30 min under emulation)
 	@$(PY) -m tools.offline status e2e --image-dir $(IMAGE_DIR) || { echo "make e2e: build and register what is missing first (docs/offline.md, docs/testing.md)" >&2; exit 1; }
 	$(MAKE) --no-print-directory image STACK=e2e
 	$(PY) -m pytest -q -m "$(E2E_SELECT)" -p no:cacheprovider tests/e2e
 
-e2e-lifecycle: ## make e2e plus scaling, a worker rebuilt, a VM deleted by hand, keepBaseImage across destroy, an up killed in kubeadm init (~75 min)
+conformance: ## make e2e with upstream's conformance focus (tools/conformance.py) run on the live cluster before the second up
+	$(MAKE) --no-print-directory e2e E2E_SELECT="e2e and not lifecycle"
+
+e2e-lifecycle: ## make e2e plus the conformance focus, scaling, a worker rebuilt, a VM deleted by hand, keepBaseImage across destroy, an up killed in kubeadm init (~75 min)
 	$(MAKE) --no-print-directory e2e E2E_SELECT=e2e

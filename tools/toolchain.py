@@ -34,6 +34,7 @@ from components.metallb import VERSION as METALLB
 from components.metricsserver import METRICS_SERVER_IMAGE
 from components.metricsserver import VERSION as METRICS_SERVER
 from components.workloads import DNSTOOLS_IMAGE
+from tools.conformance import E2E_BUSYBOX_IMAGE, JESSIE_DNSUTILS_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("KOA_TOOLCHAIN_CACHE", Path.home() / ".cache" / "kube-on-air" / "toolchain"))
@@ -177,17 +178,21 @@ def build_kubernetes_wrapper(ctx: Context, work: Path, version: str) -> None:
     wrapper_module(ctx, work, "k8s.io/kubernetes", version, extra)
 
 
-def build_kubernetes(ctx: Context, work: Path, out: Path) -> str:
-    version = f"v{kubernetes_version()}"
-    build_kubernetes_wrapper(ctx, work, version)
-    # kubeadm reads its own version from these; unstamped it reports a placeholder and picks wrong images.
+def version_stamp(version: str) -> str:
+    """The -X flags of Kubernetes' release builds: kubeadm reads its own version from them (unstamped
+    it reports a placeholder and picks wrong images), e2e.test reports it."""
     major, minor = version[1:].split(".")[:2]
-    stamp = " ".join(
+    return " ".join(
         f"-X {pkg}.gitVersion={version} -X {pkg}.gitMajor={major} -X {pkg}.gitMinor={minor} "
         f"-X {pkg}.gitTreeState=clean -X {pkg}.buildDate=1970-01-01T00:00:00Z"
         for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
     )
-    go_build(ctx, work, out, [f"k8s.io/kubernetes/cmd/{c}" for c in KUBERNETES_COMMANDS], stamp)
+
+
+def build_kubernetes(ctx: Context, work: Path, out: Path) -> str:
+    version = f"v{kubernetes_version()}"
+    build_kubernetes_wrapper(ctx, work, version)
+    go_build(ctx, work, out, [f"k8s.io/kubernetes/cmd/{c}" for c in KUBERNETES_COMMANDS], version_stamp(version))
     return f"k8s.io/kubernetes@{version}"
 
 
@@ -310,6 +315,15 @@ def build_agnhost(ctx: Context, work: Path, out: Path) -> str:
     return f"k8s.io/kubernetes@{version} test/images/agnhost (agnhost {tag})"
 
 
+def build_e2e_test(ctx: Context, work: Path, out: Path) -> str:
+    """`e2e.test`, upstream's conformance suite, from the test tree of the pinned Kubernetes."""
+    version = f"v{kubernetes_version()}"
+    build_kubernetes_wrapper(ctx, work, version)
+    args = ["go", "test", "-c", "-trimpath", "-ldflags", f"-s -w {version_stamp(version)}", "-o", str(out / "e2e.test")]
+    ctx.run([*args, "k8s.io/kubernetes/test/e2e"], work)
+    return f"k8s.io/kubernetes@{version} test/e2e (go test -c)"
+
+
 # ---- OCI images, made without Docker -------------------------------------------------------------
 
 DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -327,6 +341,12 @@ AGNHOST_GROUPS = "user-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:
 # busybox: upstream's image is the busybox binary with its applets and CMD sh; Debian's busybox on an
 # essential rootfs offers the same commands (local-path's helper pods run sh, mkdir and rm in it).
 BUSYBOX_PACKAGES = "busybox"
+# The conformance specs' busybox: upstream's is busybox 1.37.0 alone on an empty rootfs; trixie's
+# static build of 1.37.0 is the same (and runs here, on an older glibc, to list its applets).
+E2E_BUSYBOX_PACKAGES = "busybox-static"
+# jessie-dnsutils (the DNS conformance specs' querier): upstream's is Debian jessie with dnsutils and
+# CoreDNS 1.5.0 at /coredns; ours is bookworm's dnsutils and the CoreDNS the toolchain builds.
+JESSIE_DNSUTILS_PACKAGES = "dnsutils"
 # local-path-provisioner: upstream's is Alpine (with busybox) and the binary in /usr/bin.
 LOCAL_PATH_PACKAGES = "ca-certificates"
 # MetalLB: upstream's are distroless static with the binary at / and no USER (the controller's pod
@@ -350,6 +370,7 @@ class Image:
     path: str  # where it lies in the image
     entrypoint: bool  # kubeadm's static pods name a command; Deployments rely on the entrypoint
     debian_packages: str | None = None  # a Debian rootfs with these packages, else a bare one
+    debian_suite: str = "bookworm"
     cmd: str | None = None  # the image's default arguments (upstream's CMD)
     user: str | None = None  # upstream's USER, when not root
     finish: Callable[[Context, Path, Path], None] | None = None  # (ctx, work, rootfs): what upstream adds
@@ -380,8 +401,21 @@ def finish_busybox(ctx: Context, work: Path, rootfs: Path) -> None:
     ).stdout.split()
     for applet in applets:
         link = rootfs / applet
-        if not (link.exists() or link.is_symlink()) and link.parent.is_dir():
+        if not (link.exists() or link.is_symlink()):
+            link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to("/bin/busybox")
+
+
+def finish_static_busybox(ctx: Context, work: Path, rootfs: Path) -> None:
+    """As upstream's busybox image: the one static binary at /bin/busybox and its applets, no other userland."""
+    unpacked = work / "busybox-static"
+    unpacked.mkdir(exist_ok=True)
+    base = debian_rootfs(ctx, work, E2E_BUSYBOX_PACKAGES, "trixie")
+    ctx.run(["tar", "-xf", str(base), "-C", str(unpacked), "--wildcards", "*bin/busybox"], work)
+    (rootfs / "bin").mkdir(exist_ok=True)
+    found = next(p for p in (unpacked / "usr" / "bin" / "busybox", unpacked / "bin" / "busybox") if p.is_file())
+    shutil.copy2(found, rootfs / "bin" / "busybox")
+    finish_busybox(ctx, work, rootfs)
 
 
 def images_to_build(home: Path) -> list[Image]:
@@ -415,6 +449,8 @@ def images_to_build(home: Path) -> list[Image]:
         ),
         Image(DNSTOOLS_IMAGE, None, "/bin/bash", True, DNSTOOLS_PACKAGES),
         Image(BUSYBOX_IMAGE, None, "/bin/sh", False, BUSYBOX_PACKAGES, cmd="sh", finish=finish_busybox),
+        Image(E2E_BUSYBOX_IMAGE, None, "/bin/sh", False, cmd="sh", finish=finish_static_busybox),
+        Image(JESSIE_DNSUTILS_IMAGE, "coredns/coredns", "/coredns", False, JESSIE_DNSUTILS_PACKAGES, cmd="/bin/sh"),
         Image(
             LOCAL_PATH_IMAGE,
             "local-path-provisioner/local-path-provisioner",
@@ -443,10 +479,10 @@ def archive_name(ref: str) -> str:
 SLIM_EXCLUDES = tuple(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("man", "doc", "info", "locale"))
 
 
-def debian_rootfs(ctx: Context, work: Path, packages: str) -> Path:
-    tarball = work / f"debian-{hashlib.sha256(packages.encode()).hexdigest()[:12]}.tar"
+def debian_rootfs(ctx: Context, work: Path, packages: str, suite_name: str) -> Path:
+    tarball = work / f"debian-{suite_name}-{hashlib.sha256(packages.encode()).hexdigest()[:12]}.tar"
     if not tarball.exists():
-        suite = ["bookworm", str(tarball), DEBIAN_MIRROR]
+        suite = [suite_name, str(tarball), DEBIAN_MIRROR]
         ctx.run(["mmdebstrap", "--quiet", "--variant=essential", *SLIM_EXCLUDES, f"--include={packages}", *suite], work)
     return tarball
 
@@ -460,7 +496,8 @@ def build_image(ctx: Context, work: Path, out: Path, image: Image) -> None:
     ctx.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:{tag}", str(bundle)], work)
     rootfs = bundle / "rootfs"
     if image.debian_packages:
-        ctx.run(["tar", "-xf", str(debian_rootfs(ctx, work, image.debian_packages)), "-C", str(rootfs)], work)
+        base = debian_rootfs(ctx, work, image.debian_packages, image.debian_suite)
+        ctx.run(["tar", "-xf", str(base), "-C", str(rootfs)], work)
     else:
         for relative, text in MINIMAL_FILES.items():
             (rootfs / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -517,9 +554,11 @@ PIECES = (
     Piece("local-path-provisioner", build_local_path_provisioner, pin=LOCAL_PATH_PROVISIONER),
     Piece("metrics-server", build_metrics_server, pin=METRICS_SERVER),
     Piece("metallb", build_metallb, pin=METALLB, recipe=2),
+    Piece("e2e-test", build_e2e_test),
     # 2: agnhost as upstream's; slim Debian. 3: the local-path add-on's provisioner and busybox.
-    # 4: metrics-server. 5: MetalLB's controller and speaker.
-    Piece("images", build_images, needs_versions=True, recipe=5),
+    # 4: metrics-server. 5: MetalLB's controller and speaker. 6: the conformance specs' busybox and
+    # jessie-dnsutils.
+    Piece("images", build_images, needs_versions=True, recipe=6),
     Piece("pulumi", build_pulumi),
     Piece("pulumi-resource-kubernetes", build_kubernetes_provider),
     Piece("cri-tools", build_crictl),

@@ -19,7 +19,7 @@ from components.artifacts.render import sandbox_image
 from components.localpath import BUSYBOX_IMAGE, LOCAL_PATH_IMAGE
 from components.metricsserver import METRICS_SERVER_IMAGE
 from components.workloads import AGNHOST_IMAGE
-from tools import offline
+from tools import conformance, offline
 from tools import toolchain as build
 from tools.render import render_stack
 
@@ -318,3 +318,53 @@ def test_the_speaker_knows_every_flag_the_program_passes(toolchain: Path, has_wo
         flag = arg.split("=", 1)[0].lstrip("-")
         # Go's flag usage: "  -name type" or, for a boolean, "  -name" alone on its line.
         assert re.search(rf"^  -{re.escape(flag)}( |$)", known, re.MULTILINE), f"{flag} not in its usage: {known}"
+
+
+# ---- the conformance suite and its images ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def e2e_suite(toolchain: Path) -> Path:
+    suite = toolchain / "pieces" / "e2e-test" / "e2e.test"
+    if not suite.exists():
+        pytest.fail(f"no {suite}: run `make toolchain`")
+    return suite
+
+
+def test_the_suite_is_the_pinned_kubernetes_and_holds_every_focused_spec(e2e_suite: Path) -> None:
+    version = subprocess.run([str(e2e_suite), "--version"], capture_output=True, text=True, check=False)
+    assert f"v{build.kubernetes_version()}" in version.stdout + version.stderr, version
+    listed = conformance.listed_specs(e2e_suite)
+    assert len(listed) > 150, "the three SIGs' [Conformance] specs of 1.34 number 196"
+    assert set(conformance.FOCUS) <= set(listed), set(conformance.FOCUS) - set(listed)
+
+
+def test_the_suite_names_the_images_we_stream_for_it(e2e_suite: Path) -> None:
+    listed = subprocess.run([str(e2e_suite), "--list-images"], capture_output=True, text=True, check=True).stdout
+    assert set(conformance.IMAGES) <= set(listed.split()), set(conformance.IMAGES) - set(listed.split())
+
+
+def test_the_suites_busybox_is_upstreams_version_with_its_applets(toolchain: Path, tmp_path: Path) -> None:
+    bundle = unpacked(toolchain, tmp_path, conformance.E2E_BUSYBOX_IMAGE)
+    process = json.loads((bundle / "config.json").read_text())["process"]
+    assert process["args"] == ["sh"] and (process["user"]["uid"], process["user"]["gid"]) == (0, 0), "CMD sh, root"
+    version = in_image(bundle, "busybox | head -1").stdout
+    upstream = conformance.E2E_BUSYBOX_IMAGE.rsplit(":", 1)[1].split("-")[0]  # 1.37.0-1: busybox 1.37.0, build 1
+    assert version.startswith(f"BusyBox v{upstream} "), f"upstream's is {upstream}, ours carries {version!r}"
+    # What the sig-node specs run in it.
+    ran = in_image(
+        bundle, "echo hi > /tmp/f && cat /tmp/f && sleep 0 && ls /bin | grep -x sh && wget --help 2>&1 | head -1"
+    )
+    assert ran.returncode == 0 and ran.stdout.startswith("hi\n"), ran.stdout + ran.stderr
+    # Nothing but busybox, as upstream's: every command is one of its applets.
+    commands = [p for d in ("bin", "sbin", "usr/bin", "usr/sbin") for p in (bundle / "rootfs" / d).iterdir()]
+    others = [str(p) for p in commands if p.name != "busybox" and os.readlink(p) != "/bin/busybox"]
+    assert len(commands) > 250 and others == [], others
+
+
+def test_jessie_dnsutils_carries_the_dns_tools_and_coredns(toolchain: Path, tmp_path: Path) -> None:
+    bundle = unpacked(toolchain, tmp_path, conformance.JESSIE_DNSUTILS_IMAGE)
+    tools = in_image(bundle, "for t in dig nslookup host sh bash; do command -v $t || echo missing $t; done")
+    assert tools.returncode == 0 and "missing" not in tools.stdout, tools.stdout + tools.stderr
+    version = in_image(bundle, "/coredns -version")
+    assert version.returncode == 0 and "CoreDNS-" in version.stdout, version.stderr
