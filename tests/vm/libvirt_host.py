@@ -75,6 +75,19 @@ def run(args: Sequence[str], timeout: float = 120, input_text: str | None = None
     return proc.stdout
 
 
+SYS_NET = Path("/sys/class/net")
+
+
+def started_networks(active: Sequence[str], bridges_before: set[str]) -> list[str]:
+    """Of the networks active once libvirtd is up, those whose bridge it has just made."""
+    return [name for name in active if network_bridge(name) not in bridges_before]
+
+
+def network_bridge(name: str) -> str:
+    info = dict(line.split(":", 1) for line in virsh("net-info", name).splitlines() if ":" in line)
+    return info.get("Bridge", "").strip()
+
+
 def virsh(*args: str, timeout: float = 120) -> str:
     return run(["virsh", "-q", "-c", URI, *args], timeout=timeout)
 
@@ -346,6 +359,7 @@ class LibvirtHost:
             self.started_daemons.append(f"virtlogd (pid {logd_pid})")
             self.on_close("stop virtlogd", lambda: _stop_pid(logd_pid, "virtlogd"))
         if not _libvirtd_answers():
+            bridges_before = set(os.listdir(SYS_NET))
             # A NAT network turns IPv4 forwarding on and leaves it on; put it back once libvirtd is gone.
             forward = IP_FORWARD.read_text().strip()
             self.on_close("restore net.ipv4.ip_forward", lambda: _restore_text(IP_FORWARD, forward))
@@ -359,8 +373,10 @@ class LibvirtHost:
                 if time.monotonic() > deadline:
                     raise HostError(f"libvirtd (pid {libvirtd_pid}) started but {URI} does not answer")
                 time.sleep(0.3)
-            # Networks it autostarted (Debian's "default") would outlive it: stop them before it.
-            for autostarted in virsh("net-list", "--name").split():
+            # Networks it autostarted (Debian's "default") would outlive it: stop them before it. Not
+            # the ones that ran before it started (a live stack whose libvirtd had stopped): their
+            # bridges were there already, and libvirtd only took them up again.
+            for autostarted in started_networks(virsh("net-list", "--name").split(), bridges_before):
                 self.on_close(f"destroy autostarted network {autostarted}", _virsh_action("net-destroy", autostarted))
 
     # network
