@@ -76,7 +76,7 @@ def test_the_summary_counts_each_outcome_and_the_specs_never_reached() -> None:
         conformance.SpecResult("c", 3.0, "passed"),
     ]
     line = conformance.summary(found, focused=4, seconds=61.4)
-    assert line == "conformance: 2 passed, 1 failed, 0 skipped, 1 not reached of 4 focused specs in 61 s"
+    assert line == "2 passed, 1 failed, 0 skipped, 1 not reached of 4 focused specs in 61 s"
 
 
 def test_images_a_node_lacks_are_streamed_into_it_from_the_toolchains_archives(tmp_path: Path) -> None:

@@ -183,7 +183,7 @@ def summary(found: list[SpecResult], focused: int, seconds: float) -> str:
     counts = {outcome: sum(1 for r in found if r.outcome == outcome) for outcome in ("passed", "failed", "skipped")}
     unrun = focused - len(found)
     return (
-        f"conformance: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+        f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
         f"{f', {unrun} not reached' if unrun else ''} of {focused} focused specs in {seconds:.0f} s"
     )
 

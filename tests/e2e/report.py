@@ -38,10 +38,12 @@ def table(data: dict[str, Any]) -> str:
     for c in data["commands"]:
         changed = ", ".join(f"{op} {n}" for op, n in sorted(c["changes"].items()))
         lines.append(f"{c['name']:<28} {c['seconds']:>9.1f}  {c['exit']!s:<4}  {changed}")
-    for key in ("phase_seconds", "critical_path_seconds", "control_plane_restarts", "resource_counts"):
+    dicts = ("phase_seconds", "critical_path_seconds", "control_plane_restarts", "resource_counts")
+    for key in (*dicts, "conformance_control_plane_restarts"):
         if key in data:
             lines.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in data[key].items()))
-    for key in ("critical_path_total_seconds", "orchestration_overhead_ratio", "dev_kvm", "not_run"):
+    singles = ("critical_path_total_seconds", "orchestration_overhead_ratio", "dev_kvm", "not_run")
+    for key in (*singles, "conformance", "conformance_etcd_request_timeouts"):
         if key in data:
             lines.append(f"{key}: {data[key]}")
     return "\n".join(lines)
