@@ -1,9 +1,10 @@
 """`make conformance`: upstream's conformance suite (`e2e.test` of the pinned Kubernetes, built by
 `make toolchain`) against a live cluster, on a focus that fits a small emulated host.
 
-The images the focused specs run are not part of any node image (users' clusters do not need them):
-they are streamed over SSH into each node's containerd before the suite starts, from the toolchain's
-image archives. Every `[Conformance]` spec of the three SIGs that is not in the focus is listed in the
+The images the focused specs run come with a node image made from the toolchain (`make image`
+imports every archive of it); a node that lacks one (an image made before, or from pkgs.k8s.io) gets
+it streamed over SSH into its containerd from the toolchain's archives before the suite starts.
+Every `[Conformance]` spec of the three SIGs that is not in the focus is listed in the
 report with the reason, never dropped silently.
 """
 
