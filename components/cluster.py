@@ -15,6 +15,7 @@ from components.artifacts import hostkeys, render, ssh
 from components.artifacts.hostkeys import HostKey
 from components.cni import Cni, CniArgs
 from components.config.settings import ClusterConfig
+from components.config.tolerances import Tolerances
 from components.crds import Crds, CrdsArgs
 from components.kubeadm import ControlPlane, ControlPlaneArgs, WorkerJoin, WorkerJoinArgs
 from components.localpath import LocalPath, LocalPathArgs
@@ -114,6 +115,7 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
             enable_server_side_apply=True,
+            kube_client_settings=client_settings(config.tolerances),
             # A destroyed or unreachable cluster must not block `pulumi destroy`.
             delete_unreachable=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.api_steady]),
@@ -181,6 +183,12 @@ class Cluster(pulumi.ComponentResource):
         if self.workloads is not None:
             phases["workloads-ready"] = [self.workloads]
         return phases
+
+
+def client_settings(tolerances: Tolerances) -> k8s.KubeClientSettingsArgs | None:
+    """The Kubernetes provider's request timeout on a slow host; None leaves the provider's own."""
+    timeout = tolerances.kubernetes_client_timeout_seconds
+    return None if timeout is None else k8s.KubeClientSettingsArgs(timeout=timeout)
 
 
 def node_table(config: ClusterConfig) -> list[dict[str, str]]:

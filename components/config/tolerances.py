@@ -62,6 +62,12 @@ class Tolerances:
     # The gate also fetches the OpenAPI document the Kubernetes provider loads first, until it comes
     # within this many seconds (the provider gives up after 32 s and fails every resource).
     openapi_within_seconds: int
+    # The Kubernetes provider's per-request timeout (kubeClientSettings.timeout; None keeps the
+    # provider's: no limit on calls, 32 s on discovery). Its first call at every `up` loads the API
+    # server's OpenAPI document, which the API server builds again after churn: under emulation that
+    # took more than 32 s in the `up` after the conformance focus, and the provider failed every
+    # resource. The gate above covers only the first `up`; this covers every later one.
+    kubernetes_client_timeout_seconds: int | None
 
 
 # Upstream's own values (kubeadm, kubelet, etcd, pulumi-kubernetes), except the API gate, which costs
@@ -84,6 +90,7 @@ HARDWARE = Tolerances(
     api_steady_interval_seconds=2,
     api_steady_timeout_seconds=300,
     openapi_within_seconds=20,
+    kubernetes_client_timeout_seconds=None,
 )
 
 EMULATED = Tolerances(
@@ -111,6 +118,7 @@ EMULATED = Tolerances(
     api_steady_interval_seconds=3,
     api_steady_timeout_seconds=1200,
     openapi_within_seconds=20,
+    kubernetes_client_timeout_seconds=300,
 )
 
 SLOW_HOST_CHOICES = ("auto", "true", "false")
