@@ -1,11 +1,11 @@
 """The add-ons' CustomResourceDefinitions, applied before any other Kubernetes object.
 
 Every new CRD makes the API server rebuild its OpenAPI document, and the Kubernetes provider fetches
-that document again after creating one, giving up after 32 s. Under emulation, MetalLB's eight CRDs
-applied beside the CNI and the other add-ons made that fetch time out and fail them (the second real
-`up` of the metallb add-on). So the CRDs go first, alone, and the same API gate `up` passes after
-`kubeadm init` runs again after them (answers in a row, the OpenAPI document within its bound)
-before the CNI and everything after it start.
+that document again after creating one, giving up after 32 s (300 s with slowHost: tolerances.py).
+Under emulation, MetalLB's eight CRDs applied beside the CNI and the other add-ons made that fetch
+time out and fail them (the second real `up` of the metallb add-on). So the CRDs go first, alone,
+and the same API gate `up` passes after `kubeadm init` runs again after them (answers in a row, the
+OpenAPI document within its bound) before the CNI and everything after it start.
 """
 
 from __future__ import annotations
