@@ -23,7 +23,9 @@ from components.workloads import AGNHOST_IMAGE
 # and the pause image every node has.
 E2E_BUSYBOX_IMAGE = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1"
 JESSIE_DNSUTILS_IMAGE = "registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7"
-IMAGES = (AGNHOST_IMAGE, E2E_BUSYBOX_IMAGE, JESSIE_DNSUTILS_IMAGE)
+# test/e2e/apps' WebserverImage and the one its rollouts move to.
+HTTPD_IMAGES = ("registry.k8s.io/e2e-test-images/httpd:2.4.38-4", "registry.k8s.io/e2e-test-images/httpd:2.4.39-4")
+IMAGES = (AGNHOST_IMAGE, E2E_BUSYBOX_IMAGE, JESSIE_DNSUTILS_IMAGE, *HTTPD_IMAGES)
 
 SIGS = ("sig-network", "sig-apps", "sig-node")
 CONFORMANCE = r"\[Conformance\]"

@@ -34,7 +34,7 @@ from components.metallb import VERSION as METALLB
 from components.metricsserver import METRICS_SERVER_IMAGE
 from components.metricsserver import VERSION as METRICS_SERVER
 from components.workloads import DNSTOOLS_IMAGE
-from tools.conformance import E2E_BUSYBOX_IMAGE, JESSIE_DNSUTILS_IMAGE
+from tools.conformance import E2E_BUSYBOX_IMAGE, HTTPD_IMAGES, JESSIE_DNSUTILS_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("KOA_TOOLCHAIN_CACHE", Path.home() / ".cache" / "kube-on-air" / "toolchain"))
@@ -347,6 +347,14 @@ E2E_BUSYBOX_PACKAGES = "busybox-static"
 # jessie-dnsutils (the DNS conformance specs' querier): upstream's is Debian jessie with dnsutils and
 # CoreDNS 1.5.0 at /coredns; ours is bookworm's dnsutils and the CoreDNS the toolchain builds.
 JESSIE_DNSUTILS_PACKAGES = "dnsutils"
+# httpd (test/e2e/apps' WebserverImage and its new version): upstream's is Docker's httpd 2.4.38 on
+# Alpine: /usr/local/apache2 with bin/httpd, httpd-foreground as CMD, htdocs/index.html, logs to the
+# container's output, workers as daemon. Ours is that layout around bookworm's apache2 (2.4.6x) on a
+# Debian userland (sh, coreutils' mv, as the StatefulSet specs use) with the files of
+# templates/image/httpd/; both tags carry the same server, as only their names differ to the specs.
+HTTPD_PACKAGES = "apache2-bin,media-types"
+HTTPD_PREFIX = "/usr/local/apache2"
+HTTPD_FILES = ROOT / "templates" / "image" / "httpd"
 # local-path-provisioner: upstream's is Alpine (with busybox) and the binary in /usr/bin.
 LOCAL_PATH_PACKAGES = "ca-certificates"
 # MetalLB: upstream's are distroless static with the binary at / and no USER (the controller's pod
@@ -373,6 +381,8 @@ class Image:
     debian_suite: str = "bookworm"
     cmd: str | None = None  # the image's default arguments (upstream's CMD)
     user: str | None = None  # upstream's USER, when not root
+    workdir: str | None = None  # upstream's WORKDIR
+    path_env: str = PATH_ENV
     finish: Callable[[Context, Path, Path], None] | None = None  # (ctx, work, rootfs): what upstream adds
 
 
@@ -418,6 +428,16 @@ def finish_static_busybox(ctx: Context, work: Path, rootfs: Path) -> None:
     finish_busybox(ctx, work, rootfs)
 
 
+def finish_httpd(ctx: Context, work: Path, rootfs: Path) -> None:
+    """Docker's httpd layout: bin/httpd and httpd-foreground, conf/httpd.conf, htdocs/index.html, logs/."""
+    prefix = rootfs / HTTPD_PREFIX.lstrip("/")
+    places = {"httpd": "bin", "httpd-foreground": "bin", "httpd.conf": "conf", "index.html": "htdocs"}
+    for name, folder in places.items():
+        (prefix / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(HTTPD_FILES / name, prefix / folder / name)
+    (prefix / "logs").mkdir(exist_ok=True)
+
+
 def images_to_build(home: Path) -> list[Image]:
     versions = load_versions(home)
     k8s = f"v{kubernetes_version()}"
@@ -451,6 +471,20 @@ def images_to_build(home: Path) -> list[Image]:
         Image(BUSYBOX_IMAGE, None, "/bin/sh", False, BUSYBOX_PACKAGES, cmd="sh", finish=finish_busybox),
         Image(E2E_BUSYBOX_IMAGE, None, "/bin/sh", False, cmd="sh", finish=finish_static_busybox),
         Image(JESSIE_DNSUTILS_IMAGE, "coredns/coredns", "/coredns", False, JESSIE_DNSUTILS_PACKAGES, cmd="/bin/sh"),
+        *(
+            Image(
+                ref,
+                None,
+                f"{HTTPD_PREFIX}/bin/httpd-foreground",
+                False,
+                HTTPD_PACKAGES,
+                cmd="httpd-foreground",
+                workdir=HTTPD_PREFIX,
+                path_env=f"PATH={HTTPD_PREFIX}/bin:{PATH_ENV[5:]}",
+                finish=finish_httpd,
+            )
+            for ref in HTTPD_IMAGES
+        ),
         Image(
             LOCAL_PATH_IMAGE,
             "local-path-provisioner/local-path-provisioner",
@@ -510,7 +544,7 @@ def build_image(ctx: Context, work: Path, out: Path, image: Image) -> None:
     if image.finish:
         image.finish(ctx, work, rootfs)
     ctx.run(["umoci", "repack", "--image", f"{layout}:{tag}", str(bundle)], work)
-    config = ["umoci", "config", "--image", f"{layout}:{tag}", "--config.env", PATH_ENV, "--os", "linux"]
+    config = ["umoci", "config", "--image", f"{layout}:{tag}", "--config.env", image.path_env, "--os", "linux"]
     config += ["--architecture", "amd64"]
     if image.entrypoint:
         config += ["--config.entrypoint", image.path]
@@ -518,6 +552,8 @@ def build_image(ctx: Context, work: Path, out: Path, image: Image) -> None:
         config += ["--config.cmd", image.cmd]
     if image.user:
         config += ["--config.user", image.user]
+    if image.workdir:
+        config += ["--config.workingdir", image.workdir]
     ctx.run(config, work)
     archive = f"docker-archive:{out / archive_name(image.ref)}:{image.ref}"
     ctx.run(["skopeo", "--insecure-policy", "copy", "--quiet", f"oci:{layout}:{tag}", archive], work)
@@ -557,8 +593,8 @@ PIECES = (
     Piece("e2e-test", build_e2e_test),
     # 2: agnhost as upstream's; slim Debian. 3: the local-path add-on's provisioner and busybox.
     # 4: metrics-server. 5: MetalLB's controller and speaker. 6: the conformance specs' busybox and
-    # jessie-dnsutils.
-    Piece("images", build_images, needs_versions=True, recipe=6),
+    # jessie-dnsutils. 7: the sig-apps specs' httpd images.
+    Piece("images", build_images, needs_versions=True, recipe=7),
     Piece("pulumi", build_pulumi),
     Piece("pulumi-resource-kubernetes", build_kubernetes_provider),
     Piece("cri-tools", build_crictl),

@@ -368,3 +368,42 @@ def test_jessie_dnsutils_carries_the_dns_tools_and_coredns(toolchain: Path, tmp_
     assert tools.returncode == 0 and "missing" not in tools.stdout, tools.stdout + tools.stderr
     version = in_image(bundle, "/coredns -version")
     assert version.returncode == 0 and "CoreDNS-" in version.stdout, version.stderr
+
+
+@pytest.mark.parametrize("ref", conformance.HTTPD_IMAGES)
+def test_the_httpd_images_serve_docker_httpds_page_from_its_layout(toolchain: Path, tmp_path: Path, ref: str) -> None:
+    bundle = unpacked(toolchain, tmp_path, ref)
+    process = json.loads((bundle / "config.json").read_text())["process"]
+    assert process["args"] == ["httpd-foreground"] and process["cwd"] == "/usr/local/apache2", process
+    assert (process["user"]["uid"], process["user"]["gid"]) == (0, 0), "the master runs as root, workers as daemon"
+    # What the StatefulSet specs exec in it to make a pod unready and ready again.
+    htdocs = "/usr/local/apache2/htdocs"
+    moved = in_image(bundle, f"mv -v {htdocs}/index.html /tmp/ && mv -v /tmp/index.html {htdocs}/")
+    assert moved.returncode == 0 and "renamed" in moved.stdout, moved.stdout + moved.stderr
+    # The image's own command in a network namespace of its own, asked for / as a readiness probe would.
+    served = subprocess.run(
+        ["unshare", "--net", "--mount", "sh", "-c", HTTPD_SERVES.format(rootfs=bundle / "rootfs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert served.returncode == 0 and "<h1>It works!</h1>" in served.stdout, served.stdout + served.stderr
+
+
+# Starts the image's CMD with its PATH and WORKDIR in a chroot with /proc, as a container has it (the
+# logs go to /proc/self/fd), then asks port 80 from outside the chroot.
+HTTPD_SERVES = """
+ip link set lo up
+mount -t proc proc {rootfs}/proc
+PATH=/usr/local/apache2/bin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin chroot {rootfs} \
+  /bin/sh -c 'cd /usr/local/apache2 && exec httpd-foreground' &
+server=$!
+for _ in $(seq 50); do
+  python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1/", timeout=2).read().decode())' \
+    2>/dev/null && served=1 && break
+  sleep 0.2
+done
+kill $server
+[ -n "${{served:-}}" ]
+"""
