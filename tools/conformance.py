@@ -33,9 +33,10 @@ CONFORMANCE = r"\[Conformance\]"
 # The focus: exact spec texts, chosen by measurement on the e2e cluster (docs/testing.md has the
 # figures). On a 2-core host without KVM an API-only spec takes 5-30 s and one that starts pods
 # 45-270 s, so the focus is the API-only specs of the three SIGs (Services, EndpointSlices, Ingress,
-# ServiceCIDRs, PDBs, CronJobs, ConfigMaps, Secrets, Leases, PodTemplates, RuntimeClasses) and three
-# pod specs for what kube-on-air builds: pod-to-pod HTTP over the CNI, CoreDNS answering for
-# Services, the kubelet handing a pod its identity.
+# ServiceCIDRs, PDBs, CronJobs, ConfigMaps, Secrets, Leases, PodTemplates, RuntimeClasses), three
+# pod specs for what kube-on-air builds (pod-to-pod HTTP over the CNI, CoreDNS answering for
+# Services, the kubelet handing a pod its identity) and five of sig-apps' workload controllers on
+# the httpd images (both Deployment strategies, Deployment, ReplicaSet and DaemonSet status: 61-161 s).
 FOCUS: tuple[str, ...] = (
     # sig-network
     "[sig-network] DNS should provide DNS for services [Conformance]",
@@ -64,11 +65,16 @@ FOCUS: tuple[str, ...] = (
     "[sig-network] Services should test the lifecycle of an Endpoint [Conformance]",
     # sig-apps
     "[sig-apps] CronJob should support CronJob API operations [Conformance]",
+    "[sig-apps] Daemon set [Serial] should verify changes to a daemon set status [Conformance]",
+    "[sig-apps] Deployment RecreateDeployment should delete old pods and create new ones [Conformance]",
+    "[sig-apps] Deployment RollingUpdateDeployment should delete old pods and create new ones [Conformance]",
+    "[sig-apps] Deployment should validate Deployment Status endpoints [Conformance]",
     (
         "[sig-apps] DisruptionController Listing PodDisruptionBudgets for all namespaces should list and "
         "delete a collection of PodDisruptionBudgets [Conformance]"
     ),
     "[sig-apps] DisruptionController should update/patch PodDisruptionBudget status [Conformance]",
+    "[sig-apps] ReplicaSet should validate Replicaset Status endpoints [Conformance]",
     # sig-node
     "[sig-node] ConfigMap should fail to create ConfigMap with empty key [Conformance]",
     "[sig-node] ConfigMap should run through a ConfigMap lifecycle [Conformance]",
@@ -96,9 +102,8 @@ NOT_RUN_REASONS: tuple[tuple[str, str], ...] = (
     (r"\[Slow\]", "marked [Slow] upstream: minutes even on hardware"),
     (r"serve a basic image", FOR_TIME),
     (
-        r"^\[sig-apps\] (Deployment|ReplicaSet|ReplicationController|StatefulSet|Daemon set|ControllerRevision)",
-        "its pods run test/e2e/apps' WebserverImage, registry.k8s.io/e2e-test-images/httpd:2.4.38-4 "
-        "(upstream's is Alpine's httpd), which the toolchain does not build",
+        r"^\[sig-apps\] ReplicationController should test the lifecycle",
+        "its pod runs registry.k8s.io/e2e-test-images/nginx:1.14-4, which the toolchain does not build",
     ),
     (r"^\[sig-node\] Probing container", "waits out probe periods and restarts by design: minutes each"),
     (r".", FOR_TIME),
