@@ -383,6 +383,7 @@ def test_the_httpd_images_serve_docker_httpds_page_from_its_layout(toolchain: Pa
     # The image's own command in a network namespace of its own, asked for / as a readiness probe would.
     served = subprocess.run(
         ["unshare", "--net", "--mount", "sh", "-c", HTTPD_SERVES.format(rootfs=bundle / "rootfs")],
+        env={"PATH": os.environ["PATH"], "IMAGE_PATH": image_path(process["env"])},
         capture_output=True,
         text=True,
         timeout=120,
@@ -391,13 +392,16 @@ def test_the_httpd_images_serve_docker_httpds_page_from_its_layout(toolchain: Pa
     assert served.returncode == 0 and "<h1>It works!</h1>" in served.stdout, served.stdout + served.stderr
 
 
+def image_path(env: list[str]) -> str:
+    return next(item.removeprefix("PATH=") for item in env if item.startswith("PATH="))
+
+
 # Starts the image's CMD with its PATH and WORKDIR in a chroot with /proc, as a container has it (the
 # logs go to /proc/self/fd), then asks port 80 from outside the chroot.
 HTTPD_SERVES = """
 ip link set lo up
 mount -t proc proc {rootfs}/proc
-PATH=/usr/local/apache2/bin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin chroot {rootfs} \
-  /bin/sh -c 'cd /usr/local/apache2 && exec httpd-foreground' &
+PATH=$IMAGE_PATH chroot {rootfs} /bin/sh -c 'cd /usr/local/apache2 && exec httpd-foreground' &
 server=$!
 for _ in $(seq 50); do
   python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1/", timeout=2).read().decode())' \
