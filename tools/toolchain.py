@@ -351,10 +351,10 @@ JESSIE_DNSUTILS_PACKAGES = "dnsutils"
 # Alpine: /usr/local/apache2 with bin/httpd, httpd-foreground as CMD, htdocs/index.html, logs to the
 # container's output, workers as daemon. Ours is that layout around bookworm's apache2 (2.4.6x) on a
 # Debian userland (sh, coreutils' mv, as the StatefulSet specs use) with the files of
-# templates/image/httpd/; both tags carry the same server, as only their names differ to the specs.
+# templates/test-images/; both tags carry the same server, as only their names differ to the specs.
 HTTPD_PACKAGES = "apache2-bin,media-types"
 HTTPD_PREFIX = "/usr/local/apache2"
-HTTPD_FILES = ROOT / "templates" / "image" / "httpd"
+HTTPD_FILES = ROOT / "templates" / "test-images"
 # local-path-provisioner: upstream's is Alpine (with busybox) and the binary in /usr/bin.
 LOCAL_PATH_PACKAGES = "ca-certificates"
 # MetalLB: upstream's are distroless static with the binary at / and no USER (the controller's pod
