@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import http.server
+import re
 import ssl
 import subprocess
 import sys
@@ -181,7 +182,11 @@ def gate(
 def test_the_gate_opens_after_answers_in_a_row_and_the_document_served(api: tuple[ApiServer, str], gate: Gate) -> None:
     result = gate()
     assert result.returncode == 0, result.stderr
-    assert "steady (3 answers in a row after 2 failed; waited 0 s; OpenAPI served after 0 s more)" in result.stdout
+    # The seconds are wall time, which a busy host stretches (CI once saw "waited 1 s"); the counts are exact.
+    assert re.search(
+        r"steady \(3 answers in a row after 2 failed; waited [0-3] s; OpenAPI served after [0-3] s more\)",
+        result.stdout,
+    ), result.stdout
     assert api[0].asked >= 5
     # The watch warms the document up as soon as /readyz answers, the gate checks it comes in time:
     # both as client-go's discovery asks, so the API server caches the form the provider reads.
@@ -256,7 +261,7 @@ def test_answers_given_while_init_ran_open_the_gate_at_once(
     assert result.returncode == 0, result.stderr
     # Three fresh answers 1 s apart were in: a gate that asked anew would need 2 s at least.
     assert time.monotonic() - started < 1.5
-    assert "3 answers in a row after 0 failed; waited 0 s" in result.stdout
+    assert re.search(r"3 answers in a row after 0 failed; waited [01] s", result.stdout), result.stdout
 
 
 @pytest.mark.parametrize("api", [[500]], indirect=True)
