@@ -116,6 +116,11 @@ class Cluster(pulumi.ComponentResource):
             kubeconfig=self.kubeconfig,
             enable_server_side_apply=True,
             kube_client_settings=client_settings(config.tolerances),
+            # The cluster is the control plane's disk (etcd lives there). Without an identifier the
+            # provider is replaced whenever its kubeconfig is not known in a preview, as after the
+            # control plane's domain is made anew for a resize, and every Kubernetes object with it;
+            # the kubeconfig fetched again is the same. With it, only a new disk replaces it.
+            cluster_identifier=self.nodes[cp.name].disk.name,
             # A destroyed or unreachable cluster must not block `pulumi destroy`.
             delete_unreachable=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.api_steady]),

@@ -96,6 +96,19 @@ class WorkerJoin(pulumi.ComponentResource):
             f"{name}-leave",
             delete=render.remove_worker_script(config, spec, args.access.host_keys),
             interpreter=["/bin/bash", "-c"],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.join]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.join, args.node.shutdown]),
+        )
+        # A new domain on the same disk (a resize) is a reboot: its pods move to the other workers
+        # first, one worker at a time, and it takes pods again once Ready. `triggers` make the
+        # engine delete this (drain) before the domain and create it (uncordon) after; it is
+        # deleted before the clean shutdown, which it depends on.
+        self.in_service = local.Command(
+            f"{name}-in-service",
+            create=render.return_to_service_script(config, spec, args.access.host_keys),
+            delete=render.take_out_of_service_script(config, spec, args.access.host_keys),
+            interpreter=["/bin/bash", "-c"],
+            add_previous_output_in_env=False,
+            triggers=[args.node.domain.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.join, args.node.shutdown]),
         )
         self.register_outputs({"joined": self.join.id})

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_libvirt as libvirt
-from pulumi_command import remote
+from pulumi_command import local, remote
 
 from components.artifacts import identity, render, seed, ssh
 from components.config.settings import ClusterConfig, NodeSpec
@@ -36,6 +36,7 @@ class Node(pulumi.ComponentResource):
     """
 
     ready: remote.Command
+    shutdown: local.Command
 
     def __init__(self, name: str, args: NodeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-on-air:node:Node", name, None, opts)
@@ -123,5 +124,14 @@ class Node(pulumi.ComponentResource):
             # A replaced VM is a new machine: wait for it again.
             triggers=[self.domain.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.domain]),
+        )
+        # Deleted before the domain (it depends on it through `triggers`), so the guest stops cleanly
+        # where the provider would power it off: a resize is a reboot on the same disk, not a power cut.
+        self.shutdown = local.Command(
+            f"{name}-shutdown",
+            delete=render.shut_down_script(config, spec),
+            interpreter=["/bin/bash", "-c"],
+            triggers=[self.domain.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.ready]),
         )
         self.register_outputs({"domain_id": self.domain.id, "ip": spec.ip, "ready": self.ready.stdout})

@@ -147,6 +147,10 @@ SCRIPT_TEMPLATES: dict[str, Callable[[int, int, bool], int]] = {
     "install-serving-approver.sh.j2": lambda n, w, p: 1,
     "kubelet-serving.sh.j2": lambda n, w, p: n,
     "metallb-webhook-ready.sh.j2": lambda n, w, p: 1,  # every stack here has the default add-ons
+    "shut-down.sh.j2": lambda n, w, p: n,
+    "on-control-plane.sh.j2": lambda n, w, p: 2 * w,  # a worker's drain and its return to service
+    "take-out-of-service.sh.j2": lambda n, w, p: w,
+    "return-to-service.sh.j2": lambda n, w, p: w,
 }
 
 

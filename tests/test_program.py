@@ -601,3 +601,25 @@ def test_every_named_libvirt_object_is_deleted_before_its_replacement(air: Evalu
     assert len(named) == 3 + 3 * 4, sorted(r.name for r in named)  # network, pool, base; seed, disk, VM per node
     for resource in named:
         assert resource.delete_before_replace, resource.name
+
+
+def test_a_new_domain_on_the_same_disk_is_a_reboot_not_a_new_cluster(air: Evaluation) -> None:
+    """Provider v0.8.1 makes a new domain for a new vCPU count or memory size. The engine deletes what
+    depends on the domain's id before it: the worker's drain, then the clean shutdown it waits for. The
+    Kubernetes provider is identified by the control plane's disk, so a kubeconfig unknown in a preview
+    (fetched again after the control plane's reboot) does not replace it and every object with it."""
+    provider = air.named("kube-on-air-k8s")
+    assert provider.plain("clusterIdentifier") == air.named("head10-disk").plain("name")
+    assert air.named("head10-disk").urn in provider.property_dependencies["clusterIdentifier"]
+    for node in ("head10", "work11", "work12", "work13"):
+        shutdown = air.named(f"{node}-shutdown")
+        assert air.named(f"{node}-vm").urn in shutdown.property_dependencies["triggers"]
+        assert 'virsh -q -c "qemu:///system")' in shutdown.plain("delete")
+        assert shutdown.plain("create") is None, "nothing to do until the domain goes"
+    for worker in ("work11", "work12", "work13"):
+        in_service = air.named(f"{worker}-kubeadm-in-service")
+        assert air.named(f"{worker}-vm").urn in in_service.property_dependencies["triggers"]
+        # Deleted (drained) before the shutdown, which the engine deletes before the domain.
+        assert air.named(f"{worker}-shutdown").urn in in_service.dependencies
+        assert air.named(f"{worker}-shutdown").urn in air.named(f"{worker}-kubeadm-leave").dependencies
+        assert f"drain {worker} " in in_service.plain("delete") and f"uncordon {worker}" in in_service.plain("create")

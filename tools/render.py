@@ -178,11 +178,13 @@ def heredocs(script: str) -> dict[str, str]:
 
 
 def _write_embedded(command: Resource, out: Path) -> None:
-    """The scripts a join sends to each node, and its JoinConfiguration with stand-in credentials."""
+    """What a command on this host sends to the nodes, and a join's JoinConfiguration with stand-in credentials."""
+    for phase in ("create", "delete"):
+        prefix = command.name if phase == "create" else f"{command.name}-{phase}"
+        for marker, script in heredocs(str(command.plain(phase) or "")).items():
+            if marker in EMBEDDED_SCRIPTS:
+                _write(out / "scripts" / f"{prefix}-{EMBEDDED_SCRIPTS[marker]}.sh", script)
     embedded = heredocs(str(command.plain("create") or ""))
-    for marker, suffix in EMBEDDED_SCRIPTS.items():
-        if marker in embedded:
-            _write(out / "scripts" / f"{command.name}-{suffix}.sh", embedded[marker])
     if "JOIN_CONFIG" in embedded:
         # The real credentials only exist while the join runs: fill in the dry run's fake ones.
         config = embedded["JOIN_CONFIG"].replace(TOKEN_PLACEHOLDER, FAKE_TOKEN)

@@ -354,3 +354,60 @@ def remove_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mappi
 def hosts_snippet(config: ClusterConfig) -> str:
     lines = [f"{node.ip}\t{config.fqdn(node)} {node.name}" for node in config.nodes]
     return "\n".join(lines) + "\n"
+
+
+# One worker out of service at a time: the Lease whose holder has the turn (take-out-of-service.sh.j2).
+MAINTENANCE_LEASE = "kube-on-air-maintenance"
+MAINTENANCE_LEASE_NAMESPACE = "kube-system"
+# A clean guest shutdown before the provider powers a domain off (shut-down.sh.j2).
+SHUTDOWN_WAIT_SECONDS = 180
+
+
+def _maintenance_turn(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
+    return {
+        "hostname": node.name,
+        "lease": MAINTENANCE_LEASE,
+        "lease_namespace": MAINTENANCE_LEASE_NAMESPACE,
+        "api_wait_seconds": config.tolerances.api_steady_timeout_seconds,
+    }
+
+
+def _on_control_plane(
+    config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey], script: str, unreachable_is_fine: bool
+) -> str:
+    return render(
+        "scripts/on-control-plane.sh.j2",
+        **_pinned_ssh(config, node, host_keys),
+        script=script.rstrip("\n"),
+        unreachable_is_fine=unreachable_is_fine,
+    )
+
+
+def take_out_of_service_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
+    # Each worker ahead in the queue may take a clean shutdown, a boot and its wait for Ready.
+    per_worker = SHUTDOWN_WAIT_SECONDS + config.tolerances.cni_await_seconds
+    script = render(
+        "scripts/take-out-of-service.sh.j2",
+        **_maintenance_turn(config, node),
+        turn_wait_seconds=len(config.workers) * per_worker,
+        drain_timeout=DRAIN_TIMEOUT,
+    )
+    return _on_control_plane(config, node, host_keys, script, unreachable_is_fine=True)
+
+
+def return_to_service_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
+    script = render(
+        "scripts/return-to-service.sh.j2",
+        **_maintenance_turn(config, node),
+        ready_wait_seconds=config.tolerances.cni_await_seconds,
+    )
+    return _on_control_plane(config, node, host_keys, script, unreachable_is_fine=False)
+
+
+def shut_down_script(config: ClusterConfig, node: NodeSpec) -> str:
+    return render(
+        "scripts/shut-down.sh.j2",
+        domain=node.libvirt_name,
+        libvirt_uri=config.libvirt_uri,
+        wait_seconds=SHUTDOWN_WAIT_SECONDS,
+    )

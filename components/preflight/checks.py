@@ -28,13 +28,12 @@ from urllib.parse import urlsplit
 
 from components.artifacts import identity, seed
 from components.artifacts.identity import NodeIdentity
-from components.config.settings import BASE_VOLUME, DOMAIN_TYPES, NAMESPACE, ClusterConfig
+from components.config.settings import BASE_VOLUME, NAMESPACE, ClusterConfig
 from components.preflight.facts import (
     QEMU_ABSTRACTION,
     QEMU_LOCAL_ABSTRACTION,
     HostFacts,
     HostRoute,
-    StackDomain,
     gather_host_facts,
 )
 
@@ -406,7 +405,7 @@ def _check_control_plane(
     if identity.disk_volume_name(config.control_plane, expected.generation) in deployed.disk_volumes:
         if identity.seed_volume_name(config.control_plane, expected.generation) not in deployed.disk_volumes:
             return [_seed_attached_before(name)]
-        return _check_control_plane_size(config, deployed)
+        return []  # the same disk: a new size or domain type is a reboot on it (docs/operations.md)
     recorded = identity.parse_description(deployed.description)
     if recorded is None:
         reason = "an earlier kube-on-air built it (its description records no identity) and this one builds nodes anew"
@@ -438,39 +437,6 @@ def _seed_attached_before(name: str) -> PreflightProblem:
         "keep using the kube-on-air version that built the cluster, or rebuild the whole cluster on purpose: "
         f"`pulumi destroy`, then `pulumi up` (skipping the preflight with {SKIP_ENV}=1 lets `up` do that)",
     )
-
-
-def control_plane_size_changes(config: ClusterConfig, deployed: StackDomain) -> list[tuple[str, str, str]]:
-    """(config key, running value, configured value) for each size of the control plane's domain that differs.
-
-    Provider v0.8.1 can change none of them in place: vcpu, memory and type are ForceNew."""
-    cp = config.control_plane
-    running_type = deployed.domain_type if deployed.domain_type in DOMAIN_TYPES else None  # not one we build
-    sizes = (
-        ("controlPlaneVcpu", deployed.vcpu, cp.vcpu),
-        ("controlPlaneMemoryMiB", deployed.memory_mib, cp.memory_mib),
-        ("domainType", running_type, config.domain_type),
-    )
-    return [(_key(key), str(old), str(new)) for key, old, new in sizes if old is not None and str(old) != str(new)]
-
-
-def _check_control_plane_size(config: ClusterConfig, deployed: StackDomain) -> list[PreflightProblem]:
-    """A new domain for the control plane replaces init and the kubeconfig, hence every Kubernetes object."""
-    changes = control_plane_size_changes(config, deployed)
-    if not changes:
-        return []
-    changed = "; ".join(f"{key}: {old} -> {new}" for key, old, new in changes)
-    undo = " && ".join(f"pulumi config set {key} {old}" for key, old, _new in changes)
-    return [
-        PreflightProblem(
-            "control-plane",
-            f"the config resizes the running control plane {deployed.name} ({changed}); the libvirt provider can "
-            "only do that with a new domain, and `pulumi up` would then replace kubeadm init and the kubeconfig "
-            "and, through the Kubernetes provider, delete and recreate every Kubernetes object of this stack",
-            f"undo the change (`{undo}`), or resize by rebuilding the whole cluster on purpose: `pulumi destroy`, "
-            f"then `pulumi up` (skipping the preflight with {SKIP_ENV}=1 lets `up` recreate every Kubernetes object)",
-        )
-    ]
 
 
 def check(config: ClusterConfig, facts: HostFacts, control_plane: NodeIdentity | None = None) -> list[PreflightProblem]:

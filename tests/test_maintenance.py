@@ -1,0 +1,200 @@
+"""One worker out of service at a time: the drain before a worker's VM stops, and its return after.
+
+The scripts run for real, as the program hands them to pulumi-command, through a stand-in `ssh` that
+runs the control plane's part here and a stand-in `kubectl` that keeps Nodes and the maintenance Lease
+in files. Creating the Lease is atomic there as in the API server (a file made with noclobber).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from components.artifacts import hostkeys, render
+from components.config import tolerances
+from tests.conftest import cluster_config
+from tests.standins import stand_in
+from tools.dryrun import Evaluation
+
+# Runs the control plane's part (the last argument) here, as the control plane's shell would.
+SSH = '#!/bin/bash\n[ -e "$STATE/unreachable" ] && exit 255\nexec bash -c "${@: -1}"\n'
+SUDO = '#!/bin/bash\nexec "$@"\n'
+KUBECTL = r"""#!/bin/bash
+args=" $* "
+log() { echo "$*" >> "$STATE/calls"; }
+case "${args}" in
+  *" get --raw /readyz "*) [ ! -e "$STATE/api-down" ] ;;
+  *" create -f - "*)
+    holder=$(sed -n 's/^ *holderIdentity: //p')
+    (set -C; echo "${holder}" > "$STATE/lease") 2>/dev/null && log "take ${holder}" ;;
+  *" get lease "*) [ -e "$STATE/lease" ] && tr -d '\n' < "$STATE/lease" ;;
+  *" delete lease "*) rm -f "$STATE/lease" ;;
+  *" get node "*)
+    node=${args#* get node }; node=${node%% *}
+    [ -e "$STATE/nodes/${node}" ] || exit 1
+    [[ ${args} == *Ready* ]] && tr -d '\n' < "$STATE/nodes/${node}"
+    true ;;
+  *" cordon "* | *" drain "* | *" uncordon "*)
+    verb=${args#* --request-timeout=20s }; log "${verb% }" ;;
+  *) echo "stand-in kubectl: unexpected: $*" >&2; exit 2 ;;
+esac
+"""
+
+
+Scripts = dict[str, tuple[str, str]]
+
+
+def program_scripts(air: Evaluation) -> Scripts:
+    """worker -> (its drain, its return to service), as the program hands them to pulumi-command."""
+    commands = {name: air.named(f"{name}-kubeadm-in-service") for name in ("work11", "work12", "work13")}
+    return {name: (str(c.plain("delete")), str(c.plain("create"))) for name, c in commands.items()}
+
+
+def quick_scripts(ssh_key: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Scripts:
+    """The same with waits of a few seconds, so that a test can see them run out."""
+    monkeypatch.setattr(render, "SHUTDOWN_WAIT_SECONDS", 0)
+    config = cluster_config(ssh_key, hostKeyDir=str(tmp_path / "host-keys"), workerCount="3")
+    patience = dataclasses.replace(tolerances.HARDWARE, api_steady_timeout_seconds=2, cni_await_seconds=3)
+    config = dataclasses.replace(config, tolerances=patience)
+    keys = hostkeys.ensure_host_keys(config)
+    return {
+        w.name: (render.take_out_of_service_script(config, w, keys), render.return_to_service_script(config, w, keys))
+        for w in config.workers
+    }
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    state = tmp_path / "state"
+    (state / "nodes").mkdir(parents=True)
+    for worker in ("work11", "work12", "work13"):
+        (state / "nodes" / worker).write_text("True")
+    for name, text in {"ssh": SSH, "sudo": SUDO, "kubectl": KUBECTL}.items():
+        stand_in(tmp_path / "bin", name, text)
+    return state
+
+
+def start(state: Path, script: str) -> subprocess.Popen[str]:
+    bin_dir = state.parent / "bin"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STATE": str(state)}
+    return subprocess.Popen(
+        ["/bin/bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def run(state: Path, script: str) -> subprocess.CompletedProcess[str]:
+    process = start(state, script)
+    out, err = process.communicate(timeout=60)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def calls(state: Path) -> list[str]:
+    path = state / "calls"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_a_drain_takes_the_turn_cordons_then_drains(state: Path, air: Evaluation) -> None:
+    drain, _ = program_scripts(air)["work12"]
+    done = run(state, drain)
+    assert done.returncode == 0, done.stderr
+    assert calls(state)[0] == "take work12"
+    assert calls(state)[1] == "cordon work12"
+    assert calls(state)[2].startswith("drain work12 --ignore-daemonsets --delete-emptydir-data --force --timeout=")
+    assert (state / "lease").read_text().strip() == "work12"
+
+
+def test_workers_go_out_of_service_one_at_a_time(state: Path, air: Evaluation) -> None:
+    drains = {name: start(state, drain) for name, (drain, _) in program_scripts(air).items()}
+    time.sleep(3)
+    finished = [name for name, process in drains.items() if process.poll() is not None]
+    assert len(finished) == 1, f"{finished} drained at once"
+    first = finished[0]
+    assert drains[first].returncode == 0
+    assert [c for c in calls(state) if c.startswith("drain")] == [c for c in calls(state) if f"drain {first}" in c]
+    # Its VM is made anew and the node comes back: the turn goes to the next worker, and only one.
+    back = run(state, program_scripts(air)[first][1])
+    assert back.returncode == 0, back.stderr
+    assert f"uncordon {first}" in calls(state) and f"{first} gave up the maintenance turn" in back.stdout
+    time.sleep(6)
+    second = [n for n, p in drains.items() if n != first and p.poll() is not None]
+    assert len(second) == 1, second
+    for process in drains.values():
+        process.kill()
+
+
+def test_the_turn_of_a_node_that_is_gone_is_given_up(state: Path, air: Evaluation) -> None:
+    (state / "lease").write_text("work14\n")  # removed before it came back into service
+    done = run(state, program_scripts(air)["work11"][0])
+    assert done.returncode == 0, done.stderr
+    assert "the maintenance turn of work14, which is no longer a Node, is given up" in done.stdout
+    assert (state / "lease").read_text().strip() == "work11"
+
+
+def test_a_turn_held_too_long_fails_the_drain_with_the_holder_named(
+    state: Path, air: Evaluation, ssh_key: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (state / "lease").write_text("work13\n")
+    done = run(state, quick_scripts(ssh_key, tmp_path, monkeypatch)["work11"][0])
+    assert done.returncode == 1
+    assert (
+        "work11 waited 9 s for its turn: work13 is still out of service" in done.stderr
+        and "run pulumi up again" in done.stderr
+    )
+    assert not any("drain" in c or "cordon" in c for c in calls(state))
+
+
+def test_a_dead_cluster_never_blocks_the_vm_going(
+    state: Path, air: Evaluation, ssh_key: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quick = quick_scripts(ssh_key, tmp_path, monkeypatch)
+    (state / "api-down").touch()
+    done = run(state, quick["work11"][0])
+    assert done.returncode == 0 and "stops undrained" in done.stderr
+    (state / "unreachable").touch()
+    done = run(state, quick["work11"][0])
+    assert done.returncode == 0 and "unreachable: skipped for work11" in done.stderr
+    assert calls(state) == []
+
+
+def test_return_to_service_waits_for_ready_and_keeps_the_turn_until_then(
+    state: Path, air: Evaluation, ssh_key: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (state / "lease").write_text("work11\n")
+    (state / "nodes" / "work11").write_text("False")
+    back = run(state, quick_scripts(ssh_key, tmp_path, monkeypatch)["work11"][1])
+    assert back.returncode == 1 and "not Ready within 3 s" in back.stderr
+    assert (state / "lease").exists(), "a node not back keeps the turn: the next worker must not go"
+    (state / "unreachable").touch()
+    back = run(state, program_scripts(air)["work11"][1])
+    assert back.returncode == 255 and "unreachable: nothing done for work11" in back.stderr
+
+
+# Answers `domstate` from a list of states, one per call, the last one for ever; records `shutdown`.
+VIRSH = r"""#!/bin/bash
+case "$*" in
+  *" domstate "*)
+    n=$(cat "$STATE/asked" 2>/dev/null || echo 0); echo $((n + 1)) > "$STATE/asked"
+    mapfile -t states < "$STATE/states"
+    i=$(( n < ${#states[@]} ? n : ${#states[@]} - 1 )); echo "${states[$i]}" ;;
+  *" shutdown "*) echo "$*" >> "$STATE/calls" ;;
+esac
+"""
+
+
+def test_the_guest_is_shut_down_cleanly_before_the_provider_deletes_its_domain(air: Evaluation, state: Path) -> None:
+    stand_in(state.parent / "bin", "virsh", VIRSH)
+    (state / "states").write_text("running\nin shutdown\nin shutdown\nshut off\n")
+    done = run(state, str(air.named("work12-shutdown").plain("delete")))
+    assert done.returncode == 0, done.stderr
+    assert calls(state) == ['-q -c qemu:///system shutdown "work12"'.replace('"', "")]
+    assert "work12 shut down cleanly in 4 s" in done.stdout, "it waits while the guest is in shutdown"
+    (state / "calls").unlink()
+    (state / "asked").unlink()
+    (state / "states").write_text("shut off\n")
+    done = run(state, str(air.named("work12-shutdown").plain("delete")))
+    assert done.returncode == 0 and "not running: nothing to shut down" in done.stdout and calls(state) == []
