@@ -432,6 +432,103 @@ def test_scale_up_joins_a_ready_worker(e2e: E2EStack) -> None:
     REPORT["top_new_worker_after_up_seconds"] = wait_for_top_nodes(e2e, workers=2)
 
 
+def node_uid(e2e: E2EStack, name: str) -> str:
+    return str(e2e.kubectl_json("get", "node", name)["metadata"]["uid"])
+
+
+def replaced_in(record: CommandRecord) -> list[str]:
+    return sorted(urn.rsplit("::", 1)[1] for (urn, op) in step_times(record) if op == "create-replacement")
+
+
+def planned(record: CommandRecord, ops: set[str]) -> list[str]:
+    """URNs of the steps an up or preview announced with one of `ops` (replace, delete, ...)."""
+    found = []
+    for event in record.events:
+        metadata = (event.get("resourcePreEvent") or {}).get("metadata") or {}
+        if metadata.get("op") in ops:
+            found.append(str(metadata.get("urn")))
+    return sorted(set(found))
+
+
+REPLACING = {"replace", "create-replacement", "delete-replaced", "delete"}
+
+
+def span(spans: dict[tuple[str, str], tuple[float, float]], suffix: str, op: str) -> tuple[float, float]:
+    found = [times for (urn, step), times in spans.items() if step == op and urn.endswith(f"::{suffix}")]
+    assert len(found) == 1, f"{suffix} {op}: {sorted(spans)}"
+    return found[0]
+
+
+@pytest.mark.lifecycle
+def test_resized_workers_reboot_on_their_disks_one_at_a_time(e2e: E2EStack) -> None:
+    """Issue 23 item 3: a worker's size is not its identity. Each worker is drained (the maintenance
+    turn), shut down cleanly and booted in a new domain on its disk, and is Ready and uncordoned
+    before the next goes; the same Nodes, with more memory; nothing of the control plane touched."""
+    workers = ("work11", "work12")
+    before = {name: node_uid(e2e, name) for name in workers}
+    e2e.set_config("workerMemoryMiB", "2304")
+    record = e2e.pulumi("up-workers-resized", "up", "--yes")
+    replaced = replaced_in(record)
+    for name in workers:
+        assert f"{name}-vm" in replaced and f"{name}-disk" not in replaced, replaced
+    assert not any(name.startswith("head10") for name in replaced), replaced
+    assert not [u for u in planned(record, REPLACING) if "::kubernetes:" in u]
+    spans = step_times(record)
+    order = sorted(workers, key=lambda name: span(spans, f"{name}-vm", "delete-replaced")[0])
+    for name in workers:
+        drained = span(spans, f"{name}-kubeadm-in-service", "delete-replaced")
+        shut_down = span(spans, f"{name}-shutdown", "delete-replaced")
+        vm_gone = span(spans, f"{name}-vm", "delete-replaced")
+        assert drained[1] <= shut_down[0] and shut_down[1] <= vm_gone[0], (name, drained, shut_down, vm_gone)
+    first_back = span(spans, f"{order[0]}-kubeadm-in-service", "create-replacement")[1]
+    assert span(spans, f"{order[1]}-vm", "delete-replaced")[0] >= first_back, "both workers were out at once"
+    REPORT["worker_resize_seconds"] = {
+        name: round(span(spans, f"{name}-kubeadm-in-service", "create-replacement")[1]
+                    - span(spans, f"{name}-kubeadm-in-service", "delete-replaced")[0], 1)
+        for name in workers
+    }  # fmt: skip
+    REPORT["workers_resized_up_seconds"] = round(record.seconds, 1)
+    assert_cluster_works(e2e, workers=2)
+    for name in workers:
+        assert node_uid(e2e, name) == before[name]
+        memory_kib = int(ssh(e2e, name, "awk '/MemTotal/ {print $2}' /proc/meminfo"))
+        assert memory_kib > 2048 * 1024, (name, memory_kib)
+    assert "kube-on-air-maintenance" not in e2e.kubectl("get", "lease", "-n", "kube-system")
+
+
+@pytest.mark.lifecycle
+def test_the_resized_control_plane_reboots_on_its_disk_and_keeps_every_object(e2e: E2EStack) -> None:
+    """Issue 23 item 3: control-plane memory up by 512 MiB. The preview and the up replace its domain
+    (and the steps keyed on it) but no disk and no Kubernetes object; the API comes back through the
+    same kubeconfig, a ConfigMap made before is there, the Nodes are the same."""
+    e2e.kubectl("create", "configmap", "made-before-the-resize", "-n", NAMESPACE, "--from-literal=kept=yes")
+    before = {name: node_uid(e2e, name) for name in (CONTROL_PLANE, "work11", "work12")}
+    kubeconfig = e2e.output("kubeconfig", secret=True)
+    e2e.set_config("controlPlaneMemoryMiB", "3584")
+    preview = e2e.pulumi("preview-control-plane-resized", "preview")
+    assert any(u.endswith("::head10-vm") for u in planned(preview, {"replace", "create-replacement"}))
+    assert not [u for u in planned(preview, REPLACING) if "::kubernetes:" in u or u.endswith("-disk")]
+    record = e2e.pulumi("up-control-plane-resized", "up", "--yes")
+    replaced = replaced_in(record)
+    assert "head10-vm" in replaced and "head10-disk" not in replaced, replaced
+    assert not [u for u in planned(record, REPLACING) if "::kubernetes:" in u or u.endswith("-disk")]
+    spans = step_times(record)
+    away = span(spans, "head10-shutdown", "delete-replaced")[0]
+    back = span(spans, "kube-on-air-api-steady", "create-replacement")[1]
+    REPORT["control_plane_resize"] = {"up_seconds": round(record.seconds, 1), "api_away_seconds": round(back - away, 1)}
+    assert e2e.output("kubeconfig", secret=True) == kubeconfig
+    assert (
+        e2e.kubectl("get", "configmap", "made-before-the-resize", "-n", NAMESPACE, "-o", "jsonpath={.data.kept}")
+        == "yes"
+    )
+    assert {name: node_uid(e2e, name) for name in before} == before
+    memory_kib = int(ssh(e2e, CONTROL_PLANE, "awk '/MemTotal/ {print $2}' /proc/meminfo"))
+    assert memory_kib > 3072 * 1024, memory_kib
+    assert_cluster_works(e2e, workers=2)
+    again = e2e.pulumi("up-after-control-plane-resize", "up", "--yes")
+    assert only_unchanged(changes(again)), changes(again)
+
+
 @pytest.mark.lifecycle
 def test_scale_down_drains_and_deletes_the_node_before_its_vm(e2e: E2EStack) -> None:
     e2e.set_config("workerCount", "1")
@@ -448,31 +545,6 @@ def test_scale_down_drains_and_deletes_the_node_before_its_vm(e2e: E2EStack) -> 
     assert leave and domain, sorted(spans)
     assert leave[0] <= domain[0], "the VM went before its Node was drained and deleted"
     assert_cluster_works(e2e, workers=1)
-
-
-def node_uid(e2e: E2EStack, name: str) -> str:
-    return str(e2e.kubectl_json("get", "node", name)["metadata"]["uid"])
-
-
-def replaced_in(record: CommandRecord) -> list[str]:
-    return sorted(urn.rsplit("::", 1)[1] for (urn, op) in step_times(record) if op == "create-replacement")
-
-
-@pytest.mark.lifecycle
-def test_a_resized_worker_boots_again_on_its_disk_as_the_same_node(e2e: E2EStack) -> None:
-    """A worker's size is not its identity: the domain is replaced (memory forces a new one in v0.8.1),
-    the disk stays, so the worker boots again with its kubelet.conf and is the same Node, with more
-    memory; nothing of the control plane is touched."""
-    before = node_uid(e2e, "work11")
-    e2e.set_config("workerMemoryMiB", "2304")
-    record = e2e.pulumi("up-worker-resized", "up", "--yes")
-    replaced = replaced_in(record)
-    assert "work11-vm" in replaced and "work11-disk" not in replaced, replaced
-    assert not any(name.startswith("head10") for name in replaced), replaced
-    assert_cluster_works(e2e, workers=1)
-    assert node_uid(e2e, "work11") == before
-    memory_kib = int(ssh(e2e, "work11", "awk '/MemTotal/ {print $2}' /proc/meminfo"))
-    assert memory_kib > 2048 * 1024, memory_kib
 
 
 @pytest.mark.lifecycle
