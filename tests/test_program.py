@@ -623,3 +623,11 @@ def test_a_new_domain_on_the_same_disk_is_a_reboot_not_a_new_cluster(air: Evalua
         assert air.named(f"{worker}-shutdown").urn in in_service.dependencies
         assert air.named(f"{worker}-shutdown").urn in air.named(f"{worker}-kubeadm-leave").dependencies
         assert f"drain {worker} " in in_service.plain("delete") and f"uncordon {worker}" in in_service.plain("create")
+
+
+def test_scaling_leaves_the_other_workers_maintenance_steps_as_they_are(air: Evaluation, five: Evaluation) -> None:
+    # Any input change re-runs a command: a scale-up must not uncordon and wait on every worker again.
+    for worker in ("work11", "work12", "work13"):
+        for phase in ("create", "delete"):
+            name = f"{worker}-kubeadm-in-service"
+            assert air.named(name).plain(phase) == five.named(name).plain(phase), (name, phase)

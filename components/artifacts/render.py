@@ -384,12 +384,11 @@ def _on_control_plane(
 
 
 def take_out_of_service_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
-    # Each worker ahead in the queue may take a clean shutdown, a boot and its wait for Ready.
-    per_worker = SHUTDOWN_WAIT_SECONDS + config.tolerances.cni_await_seconds
+    # The worker holding the turn may take a clean shutdown, a boot and its wait for Ready.
     script = render(
         "scripts/take-out-of-service.sh.j2",
         **_maintenance_turn(config, node),
-        turn_wait_seconds=len(config.workers) * per_worker,
+        turn_wait_seconds=SHUTDOWN_WAIT_SECONDS + config.tolerances.cni_await_seconds,
         drain_timeout=DRAIN_TIMEOUT,
     )
     return _on_control_plane(config, node, host_keys, script, unreachable_is_fine=True)
