@@ -13,6 +13,7 @@ from pulumi_command import remote
 from components import metallb
 from components.artifacts import hostkeys, render, ssh
 from components.artifacts.hostkeys import HostKey
+from components.artifacts.identity import NodeIdentity
 from components.cni import Cni, CniArgs
 from components.config.settings import ClusterConfig
 from components.config.tolerances import Tolerances
@@ -37,6 +38,7 @@ CRDS_OF = {"metallb": metallb.CRDS}
 class ClusterArgs:
     config: ClusterConfig
     host_keys: Mapping[str, HostKey]
+    identities: Mapping[str, NodeIdentity]  # node name -> what it is built from
     kept_store: KeptStore | None = None
 
 
@@ -68,6 +70,7 @@ class Cluster(pulumi.ComponentResource):
                     base_volume_id=self.store.base_image.id,
                     network_id=self.network.network.id,
                     access=access,
+                    machine=args.identities[spec.name],
                     after=after,
                 ),
                 on_host,

@@ -10,6 +10,7 @@ import pulumi_libvirt as libvirt
 from pulumi_command import local, remote
 
 from components.artifacts import identity, render, seed, ssh
+from components.artifacts.identity import NodeIdentity
 from components.config.settings import ClusterConfig, NodeSpec
 
 GIB = 1024**3
@@ -23,6 +24,7 @@ class NodeArgs:
     base_volume_id: pulumi.Input[str]
     network_id: pulumi.Input[str]
     access: ssh.Access
+    machine: NodeIdentity  # what it is built from (components/artifacts/identity.py)
     # What this node's storage and VM need first: the network and the base image.
     after: Sequence[pulumi.Resource] = ()
 
@@ -42,7 +44,7 @@ class Node(pulumi.ComponentResource):
         super().__init__("kube-on-air:node:Node", name, None, opts)
         config, spec = args.config, args.spec
         host_key = args.access.host_keys[spec.name]
-        machine = identity.node_identity(config, spec, host_key)
+        machine = args.machine
         generation = machine.generation
         # The seed first (see components/artifacts/seed.py): a volume uploaded from an ISO built here, never read back.
         seed_name = identity.seed_volume_name(spec, generation)

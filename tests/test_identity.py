@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -77,7 +79,7 @@ def test_instance_id_and_volume_names_carry_the_generation(config: ClusterConfig
 
 def test_the_description_names_what_changed(config: ClusterConfig, ssh_key: Path) -> None:
     recorded = identity.parse_description(head10(config).description)
-    assert recorded is not None and recorded["kube-on-air"] == "t/head10"
+    assert recorded is not None and recorded["kube-on-air"] == "t/head10" and recorded["identity"] == "2"
     newer = head10(cluster_config(ssh_key, kubernetesVersion="1.35.0", diskGiB="40"))
     assert identity.changed_settings(recorded, newer) == [
         "kube-on-air:diskGiB: 20 -> 40",
@@ -89,9 +91,57 @@ def test_the_description_names_what_changed(config: ClusterConfig, ssh_key: Path
         "kube-on-air:prebaked: false -> true",
     ]
     rekeyed = head10(config, dataclasses.replace(HOST_KEY, public="ssh-ed25519 BBBB head10"))
-    (seed_only,) = identity.changed_settings(recorded, rekeyed)
-    assert seed_only.startswith("the cloud-init seed") and "hostKeyDir" in seed_only
+    (machine_only,) = identity.changed_settings(recorded, rekeyed)
+    assert machine_only.startswith("what the node is on the network") and "hostKeyDir" in machine_only
     assert identity.changed_settings(recorded, head10(config)) == []
+
+
+def test_the_templates_of_a_newer_kube_on_air_are_not_the_identity(
+    config: ClusterConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = head10(config)
+    monkeypatch.setattr(render, "user_data", lambda *args: "#cloud-config\n# rendered otherwise\n")
+    monkeypatch.setattr(render, "network_config", lambda *args: "version: 2\n")
+    assert head10(config) == before
+
+
+def version_1(config: ClusterConfig, host_key: HostKey = HOST_KEY) -> dict[str, str]:
+    """The record a kube-on-air before identity version 2 gave head10: a digest of its rendered seed."""
+    public_only = dataclasses.replace(host_key, private="")
+    node = config.control_plane
+    seed = hashlib.sha256(
+        "\0".join([render.user_data(config, node, public_only), render.network_config(config, node)]).encode()
+    ).hexdigest()
+    settings = {"imageSource": config.image_source, "diskGiB": str(config.disk_gib), "prebaked": "false"}
+    return {"kube-on-air": "t/head10", **settings, "kubernetesVersion": config.kubernetes_version, "seed": seed[:10]}
+
+
+def test_a_node_built_before_version_2_keeps_its_identity(config: ClusterConfig, ssh_key: Path) -> None:
+    recorded = version_1(config)
+    kept = identity.node_identity(config, config.control_plane, HOST_KEY, recorded)
+    # Byte for byte: the description is ForceNew in the provider, the generation names the disk and seed.
+    assert kept.description == json.dumps(recorded, sort_keys=True)
+    assert kept.generation != head10(config).generation
+    grown = cluster_config(ssh_key, diskGiB="40")
+    rebuilt = identity.node_identity(grown, grown.control_plane, HOST_KEY, recorded)
+    assert rebuilt == head10(grown), "a named setting changed: the node is built anew, at version 2"
+    assert identity.changed_settings(recorded, rebuilt) == ["kube-on-air:diskGiB: 20 -> 40"]
+    other = {**recorded, "kube-on-air": "t/work11"}
+    assert identity.node_identity(config, config.control_plane, HOST_KEY, other) == head10(config)
+
+
+def test_a_version_2_record_is_never_taken_over(config: ClusterConfig) -> None:
+    # Its digest is computed again, so a new host key shows as a change instead of being adopted.
+    recorded = identity.parse_description(head10(config).description)
+    assert recorded is not None
+    rekeyed_key = dataclasses.replace(HOST_KEY, public="ssh-ed25519 BBBB head10")
+    rekeyed = identity.node_identity(config, config.control_plane, rekeyed_key, recorded)
+    assert rekeyed.generation != head10(config).generation
+
+
+def test_records_are_read_back_from_our_descriptions_only(config: ClusterConfig) -> None:
+    ours = head10(config).description
+    assert identity.deployed_records(["a VM", ours, ""]) == {"t/head10": identity.parse_description(ours)}
 
 
 @pytest.mark.parametrize("text", ["", "a VM", "[1, 2]", '{"name": "x"}', "{broken"])

@@ -295,7 +295,7 @@ def test_a_change_that_would_rebuild_the_control_plane_is_refused(ssh_key: Path,
     )
     rekeyed = identity.node_identity(config, config.control_plane, HostKey("", "ssh-ed25519 BBBB head10"))
     problem = only(pf.check(config, running, rekeyed), "control-plane")
-    assert_says(problem, ["the cloud-init seed", "hostKeyDir"], ["pulumi destroy"])
+    assert_says(problem, ["what the node is on the network or who logs in", "hostKeyDir"], ["pulumi destroy"])
     # Preflight cannot know what the program would build: it does not guess.
     assert pf.check(newer, running) == []
 
