@@ -62,7 +62,9 @@ def quick_scripts(ssh_key: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     """The same with waits of a few seconds, so that a test can see them run out."""
     monkeypatch.setattr(render, "SHUTDOWN_WAIT_SECONDS", 0)
     config = cluster_config(ssh_key, hostKeyDir=str(tmp_path / "host-keys"), workerCount="3")
-    patience = dataclasses.replace(tolerances.HARDWARE, api_steady_timeout_seconds=2, cni_await_seconds=3)
+    patience = dataclasses.replace(
+        tolerances.HARDWARE, api_steady_timeout_seconds=2, cni_await_seconds=3, drain_timeout_seconds=0
+    )
     config = dataclasses.replace(config, tolerances=patience)
     keys = hostkeys.ensure_host_keys(config)
     return {

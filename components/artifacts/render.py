@@ -41,7 +41,6 @@ JOIN_TOKEN_TTL = "30m"
 # Stand in for the join credentials in the rendered JoinConfiguration until the join mints them.
 TOKEN_PLACEHOLDER = "KOA_BOOTSTRAP_TOKEN"
 CA_CERT_HASH_PLACEHOLDER = "KOA_CA_CERT_HASH"
-DRAIN_TIMEOUT = "120s"
 # Written by cloud-init, run by its runcmd at first boot and again by the wait-ready step if needed.
 INSTALLER_PATH = "/usr/local/sbin/koa-install-kubernetes"
 # apt at first boot: wait for dpkg's lock (unattended-upgrades), retry downloads, retry whole commands.
@@ -343,7 +342,7 @@ def remove_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mappi
     return render(
         "scripts/remove-worker.sh.j2",
         **_pinned_ssh(config, node, host_keys),
-        drain_timeout=DRAIN_TIMEOUT,
+        drain_timeout=f"{config.tolerances.drain_timeout_seconds}s",
         libvirt_uri=config.libvirt_uri,
         network=config.network_name,
         # The entry as the domain's create added it: the MAC the domain was given (components/node.py).
@@ -384,12 +383,13 @@ def _on_control_plane(
 
 
 def take_out_of_service_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
-    # The worker holding the turn may take a clean shutdown, a boot and its wait for Ready.
+    patience = config.tolerances
+    # The worker holding the turn may take its drain, a clean shutdown, a boot and its wait for Ready.
     script = render(
         "scripts/take-out-of-service.sh.j2",
         **_maintenance_turn(config, node),
-        turn_wait_seconds=SHUTDOWN_WAIT_SECONDS + config.tolerances.cni_await_seconds,
-        drain_timeout=DRAIN_TIMEOUT,
+        turn_wait_seconds=patience.drain_timeout_seconds + SHUTDOWN_WAIT_SECONDS + patience.cni_await_seconds,
+        drain_timeout=f"{config.tolerances.drain_timeout_seconds}s",
     )
     return _on_control_plane(config, node, host_keys, script, unreachable_is_fine=True)
 

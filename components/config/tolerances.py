@@ -53,6 +53,10 @@ class Tolerances:
     # on a busy emulated control plane the exec alone took longer than 5 s.
     connectivity_probe: Probe
     connect_timeout: str
+    # kubectl drain's timeout before a worker's VM stops or goes: evicted pods end and start elsewhere.
+    # A resize on the emulated e2e stack drained for 120 s and did not finish (its API server was busy
+    # with the moving pods); the VM then stops with the pods left on it.
+    drain_timeout_seconds: int
     # How long `pulumi up` waits for the kube-router DaemonSet to be ready everywhere.
     cni_await_seconds: int
     # Before the Kubernetes provider starts: /readyz must answer this many times in a row, this far apart.
@@ -85,6 +89,7 @@ HARDWARE = Tolerances(
     metallb_webhook_timeout_seconds=10,
     connectivity_probe=Probe(initial_delay_seconds=0, period_seconds=5, timeout_seconds=5, failure_threshold=3),
     connect_timeout="3s",
+    drain_timeout_seconds=120,
     cni_await_seconds=600,
     api_steady_checks=3,
     api_steady_interval_seconds=2,
@@ -113,6 +118,7 @@ EMULATED = Tolerances(
     metallb_webhook_timeout_seconds=30,
     connectivity_probe=Probe(initial_delay_seconds=0, period_seconds=20, timeout_seconds=45, failure_threshold=3),
     connect_timeout="20s",
+    drain_timeout_seconds=600,
     cni_await_seconds=1800,
     api_steady_checks=10,
     api_steady_interval_seconds=3,
