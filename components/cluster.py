@@ -78,7 +78,7 @@ class Cluster(pulumi.ComponentResource):
         cp = config.control_plane
         self.control_plane = ControlPlane(
             f"{name}-control-plane",
-            ControlPlaneArgs(config=config, node_ready=self.nodes[cp.name].ready, access=access),
+            ControlPlaneArgs(config=config, node=self.nodes[cp.name], access=access),
             pulumi.ResourceOptions(parent=self),
         )
         self.joins = {
@@ -106,7 +106,8 @@ class Cluster(pulumi.ComponentResource):
             connection=access.connection(cp),
             create=render.api_steady_script(config),
             add_previous_output_in_env=False,
-            triggers=[self.control_plane.init.id],
+            # Again after the control plane boots in a new domain (a resize): its API server restarts.
+            triggers=[self.control_plane.init.id, self.nodes[cp.name].ready.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.control_plane.init]),
         )
         self.serving_certs = ServingCerts(

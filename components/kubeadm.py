@@ -18,7 +18,7 @@ _SECRET_OUTPUTS = ["stdout", "stderr"]
 @dataclass(frozen=True)
 class ControlPlaneArgs:
     config: ClusterConfig
-    node_ready: remote.Command
+    node: Node  # the control plane's machine
     access: ssh.Access
 
 
@@ -37,10 +37,12 @@ class ControlPlane(pulumi.ComponentResource):
             create=render.kubeadm_init_script(config),
             stdin=render.kubeadm_config(config),
             add_previous_output_in_env=False,
-            triggers=[args.node_ready.id],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.node_ready]),
+            # Once per disk, where etcd and the mark live: a new domain on it (a resize) is a reboot,
+            # and init run again would only replace the kubeconfig and leave it unknown to a preview.
+            triggers=[args.node.disk.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.node.ready]),
         )
-        self.fetch_kubeconfig = self._secret_command(f"{name}-kubeconfig", conn, render.fetch_kubeconfig_script())
+        self.fetch_kubeconfig = self._secret_command(f"{name}-kubeconfig", conn, render.fetch_kubeconfig_script(config))
         # Not admin.conf itself: its client certificate expires after a year (see components/artifacts/access.py).
         self.kubeconfig = pulumi.Output.secret(self.fetch_kubeconfig.stdout.apply(access.provider_kubeconfig))
         self.register_outputs({"kubeconfig": self.kubeconfig})

@@ -610,6 +610,11 @@ def test_a_new_domain_on_the_same_disk_is_a_reboot_not_a_new_cluster(air: Evalua
     (fetched again after the control plane's reboot) does not replace it and every object with it."""
     provider = air.named("kube-on-air-k8s")
     assert provider.plain("clusterIdentifier") == air.named("head10-disk").plain("name")
+    # kubeadm init (and the kubeconfig after it) once per disk; the API gate again after a reboot.
+    init = air.named("kube-on-air-control-plane-init")
+    assert init.property_dependencies["triggers"] == [air.named("head10-disk").urn]
+    gate = air.named("kube-on-air-api-steady")
+    assert air.named("head10-ready").urn in gate.property_dependencies["triggers"]
     assert air.named("head10-disk").urn in provider.property_dependencies["clusterIdentifier"]
     for node in ("head10", "work11", "work12", "work13"):
         shutdown = air.named(f"{node}-shutdown")

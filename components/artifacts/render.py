@@ -313,9 +313,10 @@ def join_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping
     )
 
 
-def fetch_kubeconfig_script() -> str:
+def fetch_kubeconfig_script(config: ClusterConfig) -> str:
     return render(
         "scripts/fetch-kubeconfig.sh.j2",
+        api_wait_seconds=config.tolerances.api_steady_timeout_seconds,
         manifests=access.access_manifests().rstrip("\n"),
         namespace=access.ACCESS_NAMESPACE,
         service_account=access.SERVICE_ACCOUNT,
