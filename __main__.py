@@ -28,5 +28,6 @@ except (ConfigError, checks.PreflightError) as err:
     # A user mistake or an unfit host gets the message, not a traceback, and nothing is registered.
     raise pulumi.RunError(str(err)) from None
 
-cluster = Cluster("kube-on-air", ClusterArgs(config, host_keys, identities, facts.kept_store(config)))
+running = frozenset(owner.split("/", 1)[1] for owner in deployed if owner.startswith(f"{config.stack}/"))
+cluster = Cluster("kube-on-air", ClusterArgs(config, host_keys, identities, facts.kept_store(config), running))
 export_outputs(config, cluster)

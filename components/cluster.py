@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -15,7 +15,7 @@ from components.artifacts import hostkeys, render, ssh
 from components.artifacts.hostkeys import HostKey
 from components.artifacts.identity import NodeIdentity
 from components.cni import Cni, CniArgs
-from components.config.settings import ClusterConfig
+from components.config.settings import ClusterConfig, NodeSpec
 from components.config.tolerances import Tolerances
 from components.crds import Crds, CrdsArgs
 from components.kubeadm import ControlPlane, ControlPlaneArgs, WorkerJoin, WorkerJoinArgs
@@ -40,6 +40,18 @@ class ClusterArgs:
     host_keys: Mapping[str, HostKey]
     identities: Mapping[str, NodeIdentity]  # node name -> what it is built from
     kept_store: KeptStore | None = None
+    running: frozenset[str] = frozenset()  # nodes whose domains exist on the host (the preflight's facts)
+
+
+def one_at_a_time(config: ClusterConfig, running: frozenset[str]) -> dict[str, str]:
+    """Worker -> the worker whose return to service its domain waits for, among running workers.
+
+    A new domain for every worker (a resize) then goes one worker at a time: the engine registers a
+    worker's domain, and so deletes it after draining it, only once the one before is back Ready.
+    Workers not running yet are made at once, as at the first `up`.
+    """
+    up = [w.name for w in config.workers if w.name in running]
+    return dict(zip(up[1:], up[:-1], strict=True))
 
 
 class Cluster(pulumi.ComponentResource):
@@ -60,41 +72,43 @@ class Cluster(pulumi.ComponentResource):
         # time itself (v0.8.1 locks the pool): see docs/design.md for the code read and the runs.
         self.nodes: dict[str, Node] = {}
         after: list[pulumi.Resource] = [self.network.network, self.store.base_image]
-        for spec in config.nodes:
-            self.nodes[spec.name] = Node(
-                spec.name,
-                NodeArgs(
-                    config=config,
-                    spec=spec,
-                    pool_name=self.store.pool.name,
-                    base_volume_id=self.store.base_image.id,
-                    network_id=self.network.network.id,
-                    access=access,
-                    machine=args.identities[spec.name],
-                    after=after,
-                ),
-                on_host,
+
+        def node(spec: NodeSpec, domain_after: Sequence[pulumi.Resource] = ()) -> Node:
+            node_args = NodeArgs(
+                config=config,
+                spec=spec,
+                pool_name=self.store.pool.name,
+                base_volume_id=self.store.base_image.id,
+                network_id=self.network.network.id,
+                access=access,
+                machine=args.identities[spec.name],
+                after=after,
+                domain_after=domain_after,
             )
+            self.nodes[spec.name] = Node(spec.name, node_args, on_host)
+            return self.nodes[spec.name]
+
         cp = config.control_plane
         self.control_plane = ControlPlane(
             f"{name}-control-plane",
-            ControlPlaneArgs(config=config, node=self.nodes[cp.name], access=access),
+            ControlPlaneArgs(config=config, node=node(cp), access=access),
             pulumi.ResourceOptions(parent=self),
         )
-        self.joins = {
-            spec.name: WorkerJoin(
+        self.joins: dict[str, WorkerJoin] = {}
+        waits_for = one_at_a_time(config, args.running)
+        for spec in config.workers:
+            before = waits_for.get(spec.name)
+            self.joins[spec.name] = WorkerJoin(
                 f"{spec.name}-kubeadm",
                 WorkerJoinArgs(
                     config=config,
                     spec=spec,
-                    node=self.nodes[spec.name],
+                    node=node(spec, [self.joins[before].in_service] if before else []),
                     control_plane=self.control_plane,
                     access=access,
                 ),
                 pulumi.ResourceOptions(parent=self),
             )
-            for spec in config.workers
-        }
         self.kubeconfig = self.control_plane.kubeconfig
         joined: list[pulumi.Resource] = [join.join for join in self.joins.values()]
         # The Kubernetes provider fails every resource at once if the API server is down when it

@@ -27,6 +27,8 @@ class NodeArgs:
     machine: NodeIdentity  # what it is built from (components/artifacts/identity.py)
     # What this node's storage and VM need first: the network and the base image.
     after: Sequence[pulumi.Resource] = ()
+    # What its domain waits for besides its disks: another worker back in service (cluster.py).
+    domain_after: Sequence[pulumi.Resource] = ()
 
 
 class Node(pulumi.ComponentResource):
@@ -115,7 +117,7 @@ class Node(pulumi.ComponentResource):
             autostart=True,
             running=True,
             qemu_agent=False,
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.domain_after), delete_before_replace=True),
         )
         self.ready = remote.Command(
             f"{name}-ready",

@@ -1,8 +1,7 @@
-"""One worker out of service at a time: the drain before a worker's VM stops, and its return after.
+"""A worker's drain before its VM stops, its return to service after, and the engine's order.
 
 The scripts run for real, as the program hands them to pulumi-command, through a stand-in `ssh` that
-runs the control plane's part here and a stand-in `kubectl` that keeps Nodes and the maintenance Lease
-in files. Creating the Lease is atomic there as in the API server (a file made with noclobber).
+runs the control plane's part here and a stand-in `kubectl` that keeps Nodes in files.
 """
 
 from __future__ import annotations
@@ -11,12 +10,12 @@ import dataclasses
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from components.artifacts import hostkeys, render
+from components.cluster import one_at_a_time
 from components.config import tolerances
 from tests.conftest import cluster_config
 from tests.standins import stand_in
@@ -30,11 +29,6 @@ args=" $* "
 log() { echo "$*" >> "$STATE/calls"; }
 case "${args}" in
   *" get --raw /readyz "*) [ ! -e "$STATE/api-down" ] ;;
-  *" create -f - "*)
-    holder=$(sed -n 's/^ *holderIdentity: //p')
-    (set -C; echo "${holder}" > "$STATE/lease") 2>/dev/null && log "take ${holder}" ;;
-  *" get lease "*) [ -e "$STATE/lease" ] && tr -d '\n' < "$STATE/lease" ;;
-  *" delete lease "*) rm -f "$STATE/lease" ;;
   *" get node "*)
     node=${args#* get node }; node=${node%% *}
     [ -e "$STATE/unanswered-${node}" ] && exit 1
@@ -118,68 +112,27 @@ def calls(state: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def test_a_drain_takes_the_turn_cordons_then_drains(state: Path, air: Evaluation) -> None:
+def test_a_drain_cordons_then_drains(state: Path, air: Evaluation) -> None:
     drain, _ = program_scripts(air)["work12"]
     done = run(state, drain)
     assert done.returncode == 0, done.stderr
-    assert calls(state)[0] == "take work12"
-    assert calls(state)[1] == "cordon work12"
-    assert calls(state)[2].startswith("drain work12 --ignore-daemonsets --delete-emptydir-data --force --timeout=")
-    assert (state / "lease").read_text().strip() == "work12"
+    assert calls(state)[0] == "cordon work12"
+    assert calls(state)[1].startswith("drain work12 --ignore-daemonsets --delete-emptydir-data --force --timeout=")
 
 
-def test_workers_go_out_of_service_one_at_a_time(state: Path, air: Evaluation) -> None:
-    drains = {name: start(state, drain) for name, (drain, _) in program_scripts(air).items()}
-    try:
-        time.sleep(3)
-        finished = [name for name, process in drains.items() if process.poll() is not None]
-        assert len(finished) == 1, f"{finished} drained at once"
-        first = finished[0]
-        assert drains[first].returncode == 0
-        assert [c for c in calls(state) if c.startswith("drain")] == [c for c in calls(state) if f"drain {first}" in c]
-        # Its VM is made anew and the node comes back: the turn goes to the next worker, and only one.
-        back = run(state, program_scripts(air)[first][1])
-        assert back.returncode == 0, back.stderr
-        assert f"uncordon {first}" in calls(state) and f"{first} gave up the maintenance turn" in back.stdout
-        time.sleep(6)
-        second = [n for n, p in drains.items() if n != first and p.poll() is not None]
-        assert len(second) == 1, second
-    finally:
-        for process in drains.values():
-            stop(process)
-
-
-def test_the_turn_of_a_node_that_is_gone_is_given_up(state: Path, air: Evaluation) -> None:
-    (state / "lease").write_text("work14\n")  # removed before it came back into service
-    done = run(state, program_scripts(air)["work11"][0])
-    assert done.returncode == 0, done.stderr
-    assert "the maintenance turn of work14, which is no longer a Node, is given up" in done.stdout
-    assert (state / "lease").read_text().strip() == "work11"
-
-
-def test_a_holder_is_not_taken_for_gone_when_the_api_server_fails_to_answer(
+def test_a_node_is_taken_for_gone_on_not_found_only(
     state: Path, ssh_key: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Seen on the emulated e2e cluster: a drain loaded the control plane, a `get node` of the holder
-    # failed, and the waiting worker took that for a Node gone and deleted the holder's turn.
-    (state / "lease").write_text("work12\n")
-    (state / "unanswered-work12").touch()
-    done = run(state, quick_scripts(ssh_key, tmp_path, monkeypatch)["work11"][0])
-    assert done.returncode == 1 and "work12 is still out of service" in done.stderr
-    assert (state / "lease").read_text().strip() == "work12"
-
-
-def test_a_turn_held_too_long_fails_the_drain_with_the_holder_named(
-    state: Path, air: Evaluation, ssh_key: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (state / "lease").write_text("work13\n")
-    done = run(state, quick_scripts(ssh_key, tmp_path, monkeypatch)["work11"][0])
-    assert done.returncode == 1
-    assert (
-        "work11 waited 3 s for its turn: work13 is still out of service" in done.stderr
-        and "run pulumi up again" in done.stderr
-    )
-    assert not any("drain" in c or "cordon" in c for c in calls(state))
+    # Seen on the emulated e2e cluster: a drain loaded the control plane and a `get node` failed.
+    quick = quick_scripts(ssh_key, tmp_path, monkeypatch)
+    (state / "unanswered-work11").touch()
+    done = run(state, quick["work11"][0])
+    assert done.returncode == 0 and "did not say within 2 s whether work11 is a Node" in done.stderr
+    (state / "unanswered-work11").unlink()
+    (state / "nodes" / "work11").unlink()
+    done = run(state, quick["work11"][0])
+    assert done.returncode == 0 and "no Node work11: nothing to drain" in done.stdout
+    assert calls(state) == []
 
 
 def test_a_dead_cluster_never_blocks_the_vm_going(
@@ -195,14 +148,15 @@ def test_a_dead_cluster_never_blocks_the_vm_going(
     assert calls(state) == []
 
 
-def test_return_to_service_waits_for_ready_and_keeps_the_turn_until_then(
+def test_return_to_service_uncordons_and_waits_for_ready(
     state: Path, air: Evaluation, ssh_key: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (state / "lease").write_text("work11\n")
+    back = run(state, program_scripts(air)["work11"][1])
+    assert back.returncode == 0 and "work11 is Ready and schedulable" in back.stdout
+    assert calls(state) == ["uncordon work11"]
     (state / "nodes" / "work11").write_text("False")
     back = run(state, quick_scripts(ssh_key, tmp_path, monkeypatch)["work11"][1])
-    assert back.returncode == 1 and "not Ready within 3 s" in back.stderr
-    assert (state / "lease").exists(), "a node not back keeps the turn: the next worker must not go"
+    assert back.returncode == 1 and "not Ready within 3 s" in back.stderr, "the next worker must not go"
     (state / "unreachable").touch()
     back = run(state, program_scripts(air)["work11"][1])
     assert back.returncode == 255 and "unreachable: nothing done for work11" in back.stderr
@@ -232,3 +186,22 @@ def test_the_guest_is_shut_down_cleanly_before_the_provider_deletes_its_domain(a
     (state / "states").write_text("shut off\n")
     done = run(state, str(air.named("work12-shutdown").plain("delete")))
     assert done.returncode == 0 and "not running: nothing to shut down" in done.stdout and calls(state) == []
+
+
+def test_running_workers_go_one_at_a_time_and_new_ones_at_once(ssh_key: Path) -> None:
+    config = cluster_config(ssh_key, workerCount="4")
+    everyone = frozenset(n.name for n in config.nodes)
+    assert one_at_a_time(config, everyone) == {"work12": "work11", "work13": "work12", "work14": "work13"}
+    # A scale-up: the new worker is made at once; work13 was removed and comes back the same way.
+    assert one_at_a_time(config, frozenset({"head10", "work11", "work12", "work14"})) == {
+        "work12": "work11",
+        "work14": "work12",
+    }
+    assert one_at_a_time(config, frozenset()) == {}, "the first up makes every node at once"
+
+
+def test_the_program_makes_every_node_at_once_when_none_runs(air: Evaluation) -> None:
+    # The dry run reads no host facts: nothing runs, so no domain waits for another worker.
+    for worker in ("work11", "work12", "work13"):
+        domain = air.named(f"{worker}-vm")
+        assert not [u for u in domain.dependencies if "in-service" in u], domain.dependencies

@@ -356,20 +356,12 @@ def hosts_snippet(config: ClusterConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-# One worker out of service at a time: the Lease whose holder has the turn (take-out-of-service.sh.j2).
-MAINTENANCE_LEASE = "kube-on-air-maintenance"
-MAINTENANCE_LEASE_NAMESPACE = "kube-system"
 # A clean guest shutdown before the provider powers a domain off (shut-down.sh.j2).
 SHUTDOWN_WAIT_SECONDS = 180
 
 
-def _maintenance_turn(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
-    return {
-        "hostname": node.name,
-        "lease": MAINTENANCE_LEASE,
-        "lease_namespace": MAINTENANCE_LEASE_NAMESPACE,
-        "api_wait_seconds": config.tolerances.api_steady_timeout_seconds,
-    }
+def _maintenance(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
+    return {"hostname": node.name, "api_wait_seconds": config.tolerances.api_steady_timeout_seconds}
 
 
 def _on_control_plane(
@@ -384,12 +376,9 @@ def _on_control_plane(
 
 
 def take_out_of_service_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
-    patience = config.tolerances
-    # The worker holding the turn may take its drain, a clean shutdown, a boot and its wait for Ready.
     script = render(
         "scripts/take-out-of-service.sh.j2",
-        **_maintenance_turn(config, node),
-        turn_wait_seconds=patience.drain_timeout_seconds + SHUTDOWN_WAIT_SECONDS + patience.cni_await_seconds,
+        **_maintenance(config, node),
         drain_timeout=f"{config.tolerances.drain_timeout_seconds}s",
     )
     return _on_control_plane(config, node, host_keys, script, unreachable_is_fine=True)
@@ -398,7 +387,7 @@ def take_out_of_service_script(config: ClusterConfig, node: NodeSpec, host_keys:
 def return_to_service_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
     script = render(
         "scripts/return-to-service.sh.j2",
-        **_maintenance_turn(config, node),
+        **_maintenance(config, node),
         ready_wait_seconds=config.tolerances.cni_await_seconds,
     )
     return _on_control_plane(config, node, host_keys, script, unreachable_is_fine=False)

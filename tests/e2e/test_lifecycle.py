@@ -5,9 +5,9 @@ Python language host, libvirtd and QEMU, real VMs from the offline node image; e
 the live cluster (through the stack's own kubeconfig output) or libvirt. The steps build on each
 other in the order written: when one fails, the ones after it are skipped with that reason.
 `make e2e` runs the core (first up, the cluster's checks, a second up and preview without changes,
-three refreshes, destroy leaving nothing); `make e2e-lifecycle` adds the steps marked `lifecycle` (scaling, a worker
-rebuilt under its name, a VM deleted by hand, keepBaseImage across destroy, an up killed during
-kubeadm init).
+three refreshes, destroy leaving nothing); `make e2e-lifecycle` adds the steps marked `lifecycle`
+(scaling, workers and the control plane resized in place, a worker rebuilt under its name, a VM
+deleted by hand, keepBaseImage across destroy, an up killed during kubeadm init).
 """
 
 from __future__ import annotations
@@ -461,9 +461,9 @@ def span(spans: dict[tuple[str, str], tuple[float, float]], suffix: str, op: str
 
 @pytest.mark.lifecycle
 def test_resized_workers_reboot_on_their_disks_one_at_a_time(e2e: E2EStack) -> None:
-    """Issue 23 item 3: a worker's size is not its identity. Each worker is drained (the maintenance
-    turn), shut down cleanly and booted in a new domain on its disk, and is Ready and uncordoned
-    before the next goes; the same Nodes, with more memory; nothing of the control plane touched."""
+    """Issue 23 item 3: a worker's size is not its identity. Each worker is drained, shut down cleanly
+    and booted in a new domain on its disk, and is Ready and uncordoned before the next goes (its
+    domain waits for that); the same Nodes, with more memory; nothing of the control plane touched."""
     workers = ("work11", "work12")
     before = {name: node_uid(e2e, name) for name in workers}
     e2e.set_config("workerMemoryMiB", "2304")
@@ -493,7 +493,6 @@ def test_resized_workers_reboot_on_their_disks_one_at_a_time(e2e: E2EStack) -> N
         assert node_uid(e2e, name) == before[name]
         memory_kib = int(ssh(e2e, name, "awk '/MemTotal/ {print $2}' /proc/meminfo"))
         assert memory_kib > 2048 * 1024, (name, memory_kib)
-    assert "kube-on-air-maintenance" not in e2e.kubectl("get", "lease", "-n", "kube-system")
 
 
 @pytest.mark.lifecycle
@@ -507,7 +506,9 @@ def test_the_resized_control_plane_reboots_on_its_disk_and_keeps_every_object(e2
     e2e.set_config("controlPlaneMemoryMiB", "3584")
     preview = e2e.pulumi("preview-control-plane-resized", "preview")
     assert any(u.endswith("::head10-vm") for u in planned(preview, {"replace", "create-replacement"}))
-    assert not [u for u in planned(preview, REPLACING) if "::kubernetes:" in u or u.endswith("-disk")]
+    # Not even an update: the kubeconfig is not fetched again, so the preview knows it.
+    touched = planned(preview, REPLACING | {"update"})
+    assert not [u for u in touched if "::kubernetes:" in u or "pulumi:providers" in u or u.endswith("-disk")], touched
     record = e2e.pulumi("up-control-plane-resized", "up", "--yes")
     replaced = replaced_in(record)
     assert "head10-vm" in replaced and "head10-disk" not in replaced, replaced
