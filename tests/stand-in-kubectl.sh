@@ -1,7 +1,8 @@
 #!/bin/bash
 # Stand-in for kubectl on the control plane, for the provider-credentials script: it records every
 # call, keeps what `apply -f -` receives, answers admin.conf's cluster fields, and plays the token
-# controller, which fills the token Secret in after STAND_IN_TOKEN_DELAY empty reads ("never": never).
+# controller, which fills the token Secret in after STAND_IN_TOKEN_DELAY empty reads ("never": never);
+# its API server answers /readyz after STAND_IN_API_DOWN failed asks (0 unless set).
 set -euo pipefail
 state=${STAND_IN_STATE:?}
 printf '%s\n' "$*" >> "${state}/calls"
@@ -11,6 +12,10 @@ if [[ "${1:-} ${2:-}" != "--kubeconfig /etc/kubernetes/admin.conf" ]]; then
 fi
 shift 2
 case "$*" in
+  "get --raw /readyz")
+    asks=$(( $(cat "${state}/readyz" 2>/dev/null || echo 0) + 1 ))
+    echo "${asks}" > "${state}/readyz"
+    [[ "${asks}" -gt "${STAND_IN_API_DOWN:-0}" ]] || { echo "connection refused" >&2; exit 1; } ;;
   "apply -f -")
     cat >> "${state}/applied.yaml"
     touch "${state}/applied" ;;

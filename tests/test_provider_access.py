@@ -38,7 +38,7 @@ class Run:
 
 
 class RunScript(Protocol):
-    def __call__(self, token_delay: str = "0") -> Run: ...
+    def __call__(self, token_delay: str = "0", api_down: int = 0) -> Run: ...
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def run_script(air: Evaluation, tmp_path: Path) -> RunScript:
     state = tmp_path / "state"
     state.mkdir()
 
-    def run(token_delay: str = "0") -> Run:
+    def run(token_delay: str = "0", api_down: int = 0) -> Run:
         env = {
             **os.environ,
             "PATH": f"{bin_dir}:{os.environ['PATH']}",
@@ -66,6 +66,7 @@ def run_script(air: Evaluation, tmp_path: Path) -> RunScript:
             "STAND_IN_SECRET": access.TOKEN_SECRET,
             "STAND_IN_TOKEN": TOKEN,
             "STAND_IN_TOKEN_DELAY": token_delay,
+            "STAND_IN_API_DOWN": str(api_down),
         }
         result = subprocess.run(["/bin/bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
         return Run(result, state)
@@ -112,6 +113,15 @@ def test_the_script_waits_for_the_token_controller(run_script: RunScript) -> Non
     assert run.result.returncode == 0, run.result.stderr
     assert run.result.stdout.splitlines()[-1] == TOKEN
     assert run.lines("sleeps") == ["1", "1", "1"]
+
+
+def test_the_script_waits_for_an_api_server_that_just_booted(run_script: RunScript) -> None:
+    # Seen after a control-plane resize: run right after the reboot, kubectl apply met no API server.
+    run = run_script(api_down=2)
+    assert run.result.returncode == 0, run.result.stderr
+    assert run.result.stdout.splitlines()[-1] == TOKEN
+    assert run.lines("sleeps") == ["5", "5"], "asked again every 5 s, before anything is applied"
+    assert run.lines("calls")[:3] == ["--kubeconfig /etc/kubernetes/admin.conf get --raw /readyz"] * 3
 
 
 def test_a_token_that_never_comes_is_one_clear_error(run_script: RunScript) -> None:
