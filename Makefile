@@ -35,7 +35,7 @@ PULUMI_UNREACHABLE := no pulumi on PATH and https://get.pulumi.com cannot be rea
 # What `make test` runs outside the venv, as CHECK=Debian package (see tests/system-deps.sh).
 TEST_SYSTEM_DEPS := py:ensurepip=python3-venv ssh-keygen=openssh-client cloud-init=cloud-init virsh=libvirt-clients
 
-.PHONY: help up preview destroy clean ls kubeconfig env test test-deps test-vm lint render bench image plugins deps dev-deps pulumi-cli stack toolchain test-toolchain e2e conformance e2e-lifecycle timeline
+.PHONY: help up preview destroy clean ls kubeconfig env test test-deps test-vm lint render bench image plugins deps dev-deps pulumi-cli stack toolchain release test-toolchain e2e conformance e2e-lifecycle timeline
 # Prerequisites run in the order written: the system tool check before anything is installed.
 .NOTPARALLEL:
 
@@ -145,6 +145,10 @@ bench: dev-deps $(SSH_KEY) ## evaluation time and dependency chain for 1+3, 1+30
 
 toolchain: deps ## build the Pulumi CLI, provider plugins, Kubernetes and its images from the Go module proxy (cached)
 	$(PY) -m tools.toolchain
+
+release: deps ## build another Kubernetes release (VERSION=1.34.4) for an offline upgrade, beside the toolchain
+	@test -n "$(VERSION)" || { echo "make release: name the version, e.g. make release VERSION=1.34.4" >&2; exit 1; }
+	$(PY) -m tools.releases $(VERSION) --toolchain $(TOOLCHAIN_DIR)
 
 test-toolchain: dev-deps ## the built kubeadm validates every rendered config; pulumi and plugins at the pinned versions
 	$(PY) -m pytest -q -m toolchain tests/toolchain

@@ -28,6 +28,7 @@ from components.preflight.facts import KeptStore
 from components.servingcerts import ServingCerts, ServingCertsArgs
 from components.storage import ImageStore, ImageStoreArgs
 from components.timing import PhaseClock, PhaseClockArgs
+from components.upgrade import Release, ReleaseArgs, Upgrade, UpgradeArgs
 from components.workloads import Workloads, WorkloadsArgs, kuard_address
 
 # The add-ons that bring CustomResourceDefinitions, and the file of them the cluster applies first.
@@ -71,6 +72,7 @@ class Cluster(pulumi.ComponentResource):
         # back (components/artifacts/seed.py), and the provider creates one pool's volumes one at a
         # time itself (v0.8.1 locks the pool): see docs/design.md for the code read and the runs.
         self.nodes: dict[str, Node] = {}
+        self.releases: dict[str, Release] = {}
         after: list[pulumi.Resource] = [self.network.network, self.store.base_image]
 
         def node(spec: NodeSpec, domain_after: Sequence[pulumi.Resource] = ()) -> Node:
@@ -86,26 +88,31 @@ class Cluster(pulumi.ComponentResource):
                 domain_after=domain_after,
             )
             self.nodes[spec.name] = Node(spec.name, node_args, on_host)
+            release = ReleaseArgs(config, access, spec, self.nodes[spec.name])
+            self.releases[spec.name] = Release(f"{spec.name}-release", release, pulumi.ResourceOptions(parent=self))
             return self.nodes[spec.name]
 
         cp = config.control_plane
+        cp_node = node(cp)
         self.control_plane = ControlPlane(
             f"{name}-control-plane",
-            ControlPlaneArgs(config=config, node=node(cp), access=access),
+            ControlPlaneArgs(config=config, node=cp_node, access=access, release=self.releases[cp.name].staged),
             pulumi.ResourceOptions(parent=self),
         )
         self.joins: dict[str, WorkerJoin] = {}
         waits_for = one_at_a_time(config, args.running)
         for spec in config.workers:
             before = waits_for.get(spec.name)
+            worker = node(spec, [self.joins[before].in_service] if before else [])
             self.joins[spec.name] = WorkerJoin(
                 f"{spec.name}-kubeadm",
                 WorkerJoinArgs(
                     config=config,
                     spec=spec,
-                    node=node(spec, [self.joins[before].in_service] if before else []),
+                    node=worker,
                     control_plane=self.control_plane,
                     access=access,
+                    release=self.releases[spec.name].staged,
                 ),
                 pulumi.ResourceOptions(parent=self),
             )
@@ -123,6 +130,18 @@ class Cluster(pulumi.ComponentResource):
             # Again after the control plane boots in a new domain (a resize): its API server restarts.
             triggers=[self.control_plane.init.id, self.nodes[cp.name].ready.id],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.control_plane.init]),
+        )
+        self.upgrade = Upgrade(
+            f"{name}-upgrade",
+            UpgradeArgs(
+                config,
+                access,
+                self.releases,
+                self.api_steady,
+                {w: [join.join, join.in_service] for w, join in self.joins.items()},
+                waits_for,
+            ),
+            pulumi.ResourceOptions(parent=self),
         )
         self.serving_certs = ServingCerts(
             f"{name}-serving-certs",

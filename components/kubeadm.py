@@ -20,6 +20,7 @@ class ControlPlaneArgs:
     config: ClusterConfig
     node: Node  # the control plane's machine
     access: ssh.Access
+    release: pulumi.Resource  # the configured Kubernetes release on it (components/upgrade.py)
 
 
 class ControlPlane(pulumi.ComponentResource):
@@ -40,7 +41,7 @@ class ControlPlane(pulumi.ComponentResource):
             # Once per disk, where etcd and the mark live: a new domain on it (a resize) is a reboot,
             # and init run again would only replace the kubeconfig and leave it unknown to a preview.
             triggers=[args.node.disk.id],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.node.ready]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[args.node.ready, args.release]),
         )
         self.fetch_kubeconfig = self._secret_command(f"{name}-kubeconfig", conn, render.fetch_kubeconfig_script(config))
         # Not admin.conf itself: its client certificate expires after a year (see components/artifacts/access.py).
@@ -67,6 +68,7 @@ class WorkerJoinArgs:
     node: Node
     control_plane: ControlPlane
     access: ssh.Access
+    release: pulumi.Resource  # the configured Kubernetes release on it: it joins at that version
 
 
 class WorkerJoin(pulumi.ComponentResource):
@@ -88,7 +90,7 @@ class WorkerJoin(pulumi.ComponentResource):
             triggers=[args.node.domain.id],
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[args.node.ready, args.control_plane.init],
+                depends_on=[args.node.ready, args.control_plane.init, args.release],
                 additional_secret_outputs=_SECRET_OUTPUTS,
             ),
         )

@@ -148,9 +148,15 @@ SCRIPT_TEMPLATES: dict[str, Callable[[int, int, bool], int]] = {
     "kubelet-serving.sh.j2": lambda n, w, p: n,
     "metallb-webhook-ready.sh.j2": lambda n, w, p: 1,  # every stack here has the default add-ons
     "shut-down.sh.j2": lambda n, w, p: n,
-    "on-control-plane.sh.j2": lambda n, w, p: 2 * w,  # a worker's drain and its return to service
+    # A worker's drain and its return to service (its upgrade runs the same two, embedded whole).
+    "on-control-plane.sh.j2": lambda n, w, p: 2 * w,
     "take-out-of-service.sh.j2": lambda n, w, p: w,
     "return-to-service.sh.j2": lambda n, w, p: w,
+    "stage-release.sh.j2": lambda n, w, p: n,
+    "receive-release.sh.j2": lambda n, w, p: n,
+    "upgrade-control-plane.sh.j2": lambda n, w, p: 1,
+    "upgrade-worker.sh.j2": lambda n, w, p: w,
+    "upgrade-node.sh.j2": lambda n, w, p: w,
 }
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import http.server
+import json
 import os
 import re
 import shutil
+import ssl
 import tempfile
+import threading
 import time
 import types
 import typing
@@ -451,3 +455,48 @@ def test_virt_host_validate_on_this_machine_agrees_with_its_cpu(ssh_key: Path) -
     assert any(v.startswith("hardware virtualization") for v in verdicts) is not hardware, verdicts
     # With software emulation nothing asks about KVM.
     assert hf.gather_host_facts(cluster_config(ssh_key, domainType="qemu")).kvm_verdicts is None
+
+
+def test_the_running_clusters_version_is_read_from_its_api_servers_version(tmp_path: Path) -> None:
+    from tests.test_api_steady import self_signed
+
+    cert, key = self_signed(tmp_path, "kube-apiserver", "IP:127.0.0.1")
+
+    class Version(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"gitVersion": "v1.34.2", "major": "1"}).encode() if self.path == "/version" else b"{}"
+            self.send_response(200 if self.path == "/version" else 404)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Version)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # Its own CA, unknown to the host: the public version is read all the same.
+        assert hf.api_server_version(f"https://127.0.0.1:{server.server_address[1]}") == "1.34.2"
+    finally:
+        server.shutdown()
+
+
+def test_the_version_is_asked_only_of_a_running_control_plane(ssh_key: Path) -> None:
+    config = cluster_config(ssh_key)
+    cp = config.control_plane.libvirt_name
+    assert hf.control_plane_running(config, (StackDomain(cp, 2048, True, (), ""),))
+    assert not hf.control_plane_running(config, (StackDomain(cp, 2048, False, (), ""),))
+    assert not hf.control_plane_running(config, (StackDomain("t-work11", 1536, True, (), ""),))
+    assert not hf.control_plane_running(config, None)
+
+
+def test_releases_are_those_whose_build_finished(tmp_path: Path) -> None:
+    for version, finished in (("1.34.4", True), ("1.35.4", False), ("1.36.1", True)):
+        (tmp_path / f"v{version}" / "pieces").mkdir(parents=True)
+        if finished:
+            (tmp_path / f"v{version}" / "release.json").write_text("{}")
+    assert hf.releases_built(tmp_path) == ("1.34.4", "1.36.1")
+    assert hf.releases_built(tmp_path / "none") == ()

@@ -463,3 +463,61 @@ def test_a_dev_kvm_qemu_cannot_open_stalls_domains_even_under_emulation(ssh_key:
     assert pf.check(cluster_config(ssh_key), healthy(qemu_kvm_accessible=None)) == []
     session = cluster_config(ssh_key, uri="qemu:///session")
     assert pf.check(session, dataclasses.replace(facts, libvirt_uri="qemu:///session")) == []
+
+
+# --- Kubernetes upgrades: kubeadm's rules, judged before anything is registered --------------------
+
+
+def version_problems(
+    ssh_key: Path, wanted: str, running: str | None, built: tuple[str, ...] = ()
+) -> list[PreflightProblem]:
+    config = cluster_config(ssh_key, kubernetesVersion=wanted, prebaked="true")
+    return pf.check(config, healthy(cluster_version=running, releases_built=built, stack_domains=CLUSTER_VMS))
+
+
+@pytest.mark.parametrize(
+    ("wanted", "running", "built"),
+    [
+        ("1.34.2", "1.34.2", ()),  # nothing to upgrade: no release needed
+        ("1.34.4", "1.34.2", ("1.34.4",)),  # a patch release, built on this host
+        ("1.35.4", "1.34.4", ("1.34.4", "1.35.4")),  # the next minor
+        ("1.34.4", None, ()),  # no running control plane (a first up) or no answer: nothing to judge
+    ],
+)
+def test_an_upgrade_kubeadm_allows_passes(
+    ssh_key: Path, wanted: str, running: str | None, built: tuple[str, ...]
+) -> None:
+    assert version_problems(ssh_key, wanted, running, built) == []
+
+
+def test_a_downgrade_is_refused_with_the_running_version(ssh_key: Path) -> None:
+    problem = only(version_problems(ssh_key, "1.34.2", "1.34.4", ("1.34.2",)), "kubernetes-version")
+    assert_says(problem, ["kube-on-air:kubernetesVersion is 1.34.2", "runs v1.34.4", "never downgrades"], ["1.34.4"])
+
+
+def test_a_skipped_minor_is_refused_naming_the_minor_to_go_through(ssh_key: Path) -> None:
+    problem = only(version_problems(ssh_key, "1.36.1", "1.34.4", ("1.36.1",)), "kubernetes-version")
+    assert_says(problem, ["is 1.36.1", "runs v1.34.4", "one minor at a"], ["a 1.35.x release first"])
+
+
+def test_an_upgrade_without_its_release_on_this_host_names_make_release(ssh_key: Path) -> None:
+    problem = only(version_problems(ssh_key, "1.34.4", "1.34.2", ("1.35.4",)), "kubernetes-version")
+    assert_says(problem, ["holds no v1.34.4", "it holds: 1.35.4"], ["make release VERSION=1.34.4"])
+
+
+def test_an_upgrade_of_nodes_that_installed_from_pkgs_k8s_io_is_refused(ssh_key: Path) -> None:
+    config = cluster_config(ssh_key, kubernetesVersion="1.34.4", prebaked="false")
+    problem = only(
+        pf.check(config, healthy(cluster_version="1.34.2", releases_built=("1.34.4",))), "kubernetes-version"
+    )
+    assert_says(problem, ["prebaked false", "pkgs.k8s.io"], ["set it back", "1.34.2"])
+
+
+def test_an_upgrade_and_new_workers_in_one_up_are_refused(ssh_key: Path) -> None:
+    config = cluster_config(ssh_key, kubernetesVersion="1.34.4", prebaked="true", workerCount="2")
+    running = (vm(config.control_plane.name, 2048), vm(config.workers[0].name, 1536))
+    facts = healthy(cluster_version="1.34.2", releases_built=("1.34.4",), stack_domains=running)
+    problem = only(pf.check(config, facts), "kubernetes-version")
+    assert_says(problem, ["from 1.34.2 to 1.34.4", config.workers[1].name], ["one change per `up`"])
+    all_there = (*running, vm(config.workers[1].name, 1536))
+    assert pf.check(config, dataclasses.replace(facts, stack_domains=all_there)) == []

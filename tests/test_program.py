@@ -114,6 +114,7 @@ def test_components_follow_pulumi_conventions(air: Evaluation) -> None:
         "cni",
         "workloads",
         "timing",
+        "upgrade",
     }
     for component in components:
         assert re.fullmatch(r"kube-on-air:[a-z]+:[A-Z][A-Za-z]+", component.type)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from tools import releases
 from tools import toolchain as build
 
 KUBERNETES_GO_MOD = """module k8s.io/kubernetes
@@ -141,3 +143,47 @@ def test_missing_build_tools_are_named_before_anything_runs(
         "[toolchain] missing build tools: Go >= 1.26 from https://go.dev/dl (go on PATH); "
         "sudo apt-get install gcc umoci skopeo mmdebstrap"
     ]
+
+
+def fake_kubeadm(directory: Path, listed: list[str]) -> Path:
+    """A kubeadm that answers `config images list` as the release's own would."""
+    kubeadm = directory / "pieces" / "kubernetes" / "kubeadm"
+    kubeadm.parent.mkdir(parents=True)
+    kubeadm.write_text("#!/bin/sh\nprintf '%s\\n' " + " ".join(listed) + "\n")
+    kubeadm.chmod(0o755)
+    return kubeadm
+
+
+def toolchain_with(directory: Path, refs: list[str]) -> Path:
+    images = directory / "pieces" / "images"
+    images.mkdir(parents=True)
+    (images / "images.txt").write_text("".join(f"{ref} {build.archive_name(ref)}\n" for ref in refs))
+    return directory
+
+
+CORE_1_34 = ["registry.k8s.io/etcd:3.6.5-0", "registry.k8s.io/coredns/coredns:v1.12.1", "registry.k8s.io/pause:3.10.1"]
+
+
+def test_a_release_builds_its_own_kubernetes_images_and_reuses_the_toolchains_others(tmp_path: Path) -> None:
+    kube = [f"registry.k8s.io/{c}:v1.34.4" for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")]
+    fake_kubeadm(tmp_path / "release", [*kube, "registry.k8s.io/kube-proxy:v1.34.4", *CORE_1_34])
+    core = toolchain_with(tmp_path / "core", CORE_1_34)
+    images = releases.release_images(tmp_path / "release", "1.34.4", core)
+    assert sorted(i.ref for i in images) == sorted([*kube, "registry.k8s.io/kube-proxy:v1.34.4"])
+    proxy = next(i for i in images if "kube-proxy" in i.ref)
+    assert proxy.debian_packages == build.PROXY_PACKAGES  # iptables and ipset, as the toolchain's
+
+
+def test_a_new_minors_etcd_and_coredns_are_built_for_its_release(tmp_path: Path) -> None:
+    wanted = ["registry.k8s.io/etcd:3.6.6-0", "registry.k8s.io/coredns/coredns:v1.13.1"]
+    fake_kubeadm(tmp_path / "release", ["registry.k8s.io/kube-apiserver:v1.35.4", *wanted, CORE_1_34[2]])
+    core = toolchain_with(tmp_path / "core", CORE_1_34)
+    images = releases.release_images(tmp_path / "release", "1.35.4", core)
+    assert {i.ref for i in images} >= set(wanted) and CORE_1_34[2] not in {i.ref for i in images}
+
+
+def test_a_release_whose_kubeadm_wants_a_pause_the_toolchain_lacks_is_refused(tmp_path: Path) -> None:
+    fake_kubeadm(tmp_path / "release", [*CORE_1_34[:2], "registry.k8s.io/pause:3.10.2"])
+    core = toolchain_with(tmp_path / "core", CORE_1_34)
+    with pytest.raises(build.Unavailable, match=re.escape("registry.k8s.io/pause:3.10.2")):
+        releases.release_images(tmp_path / "release", "1.36.1", core)

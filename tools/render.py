@@ -168,6 +168,7 @@ HEREDOC = re.compile(r"<<'(?P<marker>[A-Z_]+)'\n(?P<body>.*?)\n(?P=marker)\n", r
 EMBEDDED_SCRIPTS = {
     "ON_WORKER": "on-worker",
     "ON_CONTROL_PLANE": "on-control-plane",
+    "ON_NODE": "on-node",
     "REVOKE_ON_CONTROL_PLANE": "revoke-on-control-plane",
     "STALE_NODE_ON_CONTROL_PLANE": "stale-node-on-control-plane",
 }
@@ -215,6 +216,8 @@ def write_artifacts(evaluation: Evaluation, out: Path) -> None:
         stdin = command.plain("stdin")
         if stdin and command.name.endswith("-init"):
             _write(out / "kubeadm" / "kubeadm-config.yaml", stdin)
+        if stdin and "kind: UpgradeConfiguration" in stdin:
+            _write(out / "kubeadm" / "upgrade-config.yaml", stdin)
         _write_embedded(command, out)
     objects = [r for r in kubernetes_objects(evaluation) if not r.type.startswith("pulumi:providers")]
     for index, resource in enumerate(in_apply_order(evaluation, objects)):

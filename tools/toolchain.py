@@ -189,16 +189,18 @@ def version_stamp(version: str) -> str:
     )
 
 
-def build_kubernetes(ctx: Context, work: Path, out: Path) -> str:
-    version = f"v{kubernetes_version()}"
+def build_kubernetes(ctx: Context, work: Path, out: Path, version: str | None = None) -> str:
+    """The Kubernetes commands of `version` (default: the stack's), each version-stamped."""
+    version = version or f"v{kubernetes_version()}"
+    work.mkdir(parents=True, exist_ok=True)
     build_kubernetes_wrapper(ctx, work, version)
     go_build(ctx, work, out, [f"k8s.io/kubernetes/cmd/{c}" for c in KUBERNETES_COMMANDS], version_stamp(version))
     return f"k8s.io/kubernetes@{version}"
 
 
-def images_kubeadm_expects(kubeadm: Path) -> dict[str, str]:
+def images_kubeadm_expects(kubeadm: Path, version: str | None = None) -> dict[str, str]:
     """Image name -> tag from the built kubeadm's own `config images list`."""
-    version = f"v{kubernetes_version()}"
+    version = version or f"v{kubernetes_version()}"
     listed = subprocess.run(
         [str(kubeadm), "config", "images", "list", "--kubernetes-version", version],
         capture_output=True,

@@ -400,3 +400,70 @@ def shut_down_script(config: ClusterConfig, node: NodeSpec) -> str:
         libvirt_uri=config.libvirt_uri,
         wait_seconds=SHUTDOWN_WAIT_SECONDS,
     )
+
+
+# Where a node keeps a staged Kubernetes release (the stage step), one directory per version.
+STAGED_RELEASES = "/var/lib/kube-on-air/releases"
+# kubeadm's wait for the upgraded static pods: 5 m upstream, like its other waits under emulation.
+EMULATED_UPGRADE_MANIFESTS_TIMEOUT = "20m0s"
+
+
+def staged_release(config: ClusterConfig) -> str:
+    return f"{STAGED_RELEASES}/v{config.kubernetes_version}"
+
+
+def release_on_host(config: ClusterConfig) -> str:
+    return f"{config.releases_dir}/v{config.kubernetes_version}"
+
+
+def stage_release_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
+    receive = render("scripts/receive-release.sh.j2", hostname=node.name, staged=staged_release(config))
+    return render(
+        "scripts/stage-release.sh.j2",
+        **_pinned_ssh(config, node, host_keys),
+        version=config.kubernetes_version,
+        staged=staged_release(config),
+        release=release_on_host(config),
+        control_plane=node == config.control_plane,
+        receive_script=receive.rstrip("\n"),
+    )
+
+
+def upgrade_config(config: ClusterConfig) -> str:
+    timeouts = dict(config.tolerances.kubeadm_timeouts)
+    if timeouts:
+        timeouts["upgradeManifests"] = EMULATED_UPGRADE_MANIFESTS_TIMEOUT
+    return render(
+        "kubeadm/upgrade-config.yaml.j2",
+        kubernetes_version=config.kubernetes_version,
+        patches_directory=PATCHES_DIRECTORY if static_pod_patches(config) else "",
+        timeouts=timeouts,
+    )
+
+
+def upgrade_control_plane_script(config: ClusterConfig) -> str:
+    return render(
+        "scripts/upgrade-control-plane.sh.j2",
+        hostname=config.control_plane.name,
+        version=config.kubernetes_version,
+        staged=staged_release(config),
+        admin_conf=ADMIN_CONF,
+        api_wait_seconds=config.tolerances.api_steady_timeout_seconds,
+        drain_timeout=f"{config.tolerances.drain_timeout_seconds}s",
+        ready_wait_seconds=config.tolerances.cni_await_seconds,
+    )
+
+
+def upgrade_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapping[str, HostKey]) -> str:
+    version, staged = config.kubernetes_version, staged_release(config)
+    upgrade_node = render("scripts/upgrade-node.sh.j2", hostname=node.name, version=version, staged=staged)
+    return render(
+        "scripts/upgrade-worker.sh.j2",
+        **_pinned_ssh(config, node, host_keys),
+        version=config.kubernetes_version,
+        admin_conf=ADMIN_CONF,
+        ready_wait_seconds=config.tolerances.cni_await_seconds,
+        take_out_of_service_script=take_out_of_service_script(config, node, host_keys).rstrip("\n"),
+        upgrade_node_script=upgrade_node.rstrip("\n"),
+        return_to_service_script=return_to_service_script(config, node, host_keys).rstrip("\n"),
+    )

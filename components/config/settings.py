@@ -79,6 +79,9 @@ DEFAULTS: dict[str, str] = {
     "sshKeyPath": "~/.ssh/kube-on-air_ed25519",
     "sshUser": "kube",
     "hostKeyDir": "~/.local/share/kube-on-air/{stack}/host-keys",
+    # Where `make release VERSION=...` leaves each Kubernetes release an offline upgrade streams to
+    # the nodes (tools/releases.py): v<version>/pieces/{kubernetes,images}.
+    "releasesDir": "~/.cache/kube-on-air/toolchain/releases",
     "domainType": "kvm",
     "poolPath": "/var/lib/libvirt/images/kube-on-air-{stack}",
     "connectivityTimeoutSeconds": "600",
@@ -164,6 +167,7 @@ class ClusterConfig:
     ssh_public_key: str
     ssh_user: str
     host_key_dir: str
+    releases_dir: str
     domain_type: str
     libvirt_uri: str
     connectivity_timeout_seconds: int
@@ -489,10 +493,10 @@ def _read_ssh(reader: _Reader) -> tuple[str, str, str]:
     return user, key_path, public_key
 
 
-def _read_host_key_dir(reader: _Reader) -> str:
-    directory = os.path.expanduser(reader.text("hostKeyDir"))
+def _read_host_directory(reader: _Reader, key: str) -> str:
+    directory = os.path.expanduser(reader.text(key))
     if not directory.startswith("/"):
-        reader.problem("hostKeyDir", directory, "use an absolute directory on the Pulumi host (~ is allowed)")
+        reader.problem(key, directory, "use an absolute directory on the Pulumi host (~ is allowed)")
     return directory
 
 
@@ -556,7 +560,8 @@ def load(
     nodes = tuple(n for n in (control_plane, *workers) if n is not None and placed)
     load_balancer_range = _read_load_balancer(reader, network, nodes, addons)
     user, key_path, public_key = _read_ssh(reader)
-    host_key_dir = _read_host_key_dir(reader)
+    host_key_dir = _read_host_directory(reader, "hostKeyDir")
+    releases_dir = _read_host_directory(reader, "releasesDir")
     connectivity_timeout = _read_connectivity_timeout(reader)
     patience = _read_slow_host(reader, domain_type)
     domain = reader.text("dnsDomain").lower()
@@ -604,6 +609,7 @@ def load(
         ssh_public_key=public_key,
         ssh_user=user,
         host_key_dir=host_key_dir,
+        releases_dir=releases_dir,
         domain_type=domain_type,
         libvirt_uri=libvirt_uri or DEFAULT_LIBVIRT_URI,
         connectivity_timeout_seconds=connectivity_timeout,

@@ -375,6 +375,73 @@ def _check_bridge_netfilter(config: ClusterConfig, facts: HostFacts) -> list[Pre
     return [PreflightProblem("bridge-netfilter", observed, fix)]
 
 
+def _version(text: str) -> tuple[int, int, int]:
+    major, minor, patch = (int(part) for part in text.split("-", 1)[0].split(".")[:3])
+    return major, minor, patch
+
+
+def _check_kubernetes_version(config: ClusterConfig, facts: HostFacts) -> list[PreflightProblem]:
+    """An upgrade goes as kubeadm's does: forward, one minor at a time, from a release on this host."""
+    running, wanted = facts.cluster_version, config.kubernetes_version
+    if running is None or running == wanted:
+        return []
+    key = f"{NAMESPACE}:kubernetesVersion"
+    have, want = _version(running), _version(wanted)
+    if want < have:
+        return [
+            PreflightProblem(
+                "kubernetes-version",
+                f"{key} is {wanted}, but the cluster runs v{running}: kubeadm upgrades, it never downgrades",
+                f"set it back: `pulumi config set {key} {running}` (a cluster at an older version is a new "
+                "cluster: `pulumi destroy`, then `pulumi up`)",
+            )
+        ]
+    if want[:1] != have[:1] or want[1] > have[1] + 1:
+        step = f"{have[0]}.{have[1] + 1}"
+        return [
+            PreflightProblem(
+                "kubernetes-version",
+                f"{key} is {wanted}, but the cluster runs v{running}: Kubernetes upgrades one minor at a "
+                "time (the version skew policy), so this skips a minor",
+                f"upgrade to a {step}.x release first (`pulumi config set {key} {step}.<patch>`, `pulumi up`), then on",
+            )
+        ]
+    if not config.prebaked:
+        return [
+            PreflightProblem(
+                "kubernetes-version",
+                f"{key} is {wanted}, but the cluster runs v{running}, and with {NAMESPACE}:prebaked false its "
+                "nodes install Kubernetes from pkgs.k8s.io at first boot: an upgrade in place is built only "
+                "for nodes from a node image (the offline path)",
+                f"set it back (`pulumi config set {key} {running}`), or build the cluster from a node image "
+                "(docs/offline.md) and upgrade that",
+            )
+        ]
+    built = {d.name for d in facts.stack_domains or ()}
+    new = [w.name for w in config.workers if w.libvirt_name not in built]
+    if facts.stack_domains is not None and new:
+        # A new worker would join the control plane before its upgrade, with a newer kubelet.
+        return [
+            PreflightProblem(
+                "kubernetes-version",
+                f"{key} moves from {running} to {wanted} in the same `up` that adds {', '.join(new)}",
+                "one change per `up`: first the upgrade with workerCount as it was, then the new workers "
+                "(they join at the new version)",
+            )
+        ]
+    if facts.releases_built is not None and wanted not in facts.releases_built:
+        return [
+            PreflightProblem(
+                "kubernetes-version",
+                f"{key} is {wanted}, but the cluster runs v{running} and {config.releases_dir} holds no "
+                f"v{wanted} to upgrade its nodes with (it holds: {', '.join(facts.releases_built) or 'none'})",
+                f"build it from the Go module proxy: `make release VERSION={wanted}` (docs/operations.md), then "
+                "`pulumi up` again",
+            )
+        ]
+    return []
+
+
 CHECKS: tuple[Callable[[ClusterConfig, HostFacts], list[PreflightProblem]], ...] = (
     _check_virsh,
     _check_libvirt,
@@ -391,6 +458,7 @@ CHECKS: tuple[Callable[[ClusterConfig, HostFacts], list[PreflightProblem]], ...]
     _check_network,
     _check_host_routes,
     _check_bridge_netfilter,
+    _check_kubernetes_version,
 )
 
 

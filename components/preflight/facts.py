@@ -22,15 +22,18 @@ from __future__ import annotations
 
 import grp
 import ipaddress
+import json
 import os
 import pwd
 import re
 import shlex
 import shutil
 import signal
+import ssl
 import stat
 import subprocess
 import time
+import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -129,6 +132,11 @@ class HostFacts:
     host_routes: tuple[HostRoute, ...] | None
     # net.bridge.bridge-nf-call-iptables (br_netfilter loaded): False when the module is not loaded.
     bridge_nf_call_iptables: bool | None = None
+    # The running cluster's version as its API server says (`/version`, public in kubeadm clusters);
+    # None: no control plane running, or it did not answer.
+    cluster_version: str | None = None
+    # Kubernetes releases built into releasesDir (tools/releases.py), e.g. ("1.34.4",).
+    releases_built: tuple[str, ...] | None = None
     gather_seconds: float = 0.0
 
 
@@ -643,6 +651,32 @@ def _bridge_nf_call_iptables() -> bool:
     return BRIDGE_NF_CALL_IPTABLES.exists() and BRIDGE_NF_CALL_IPTABLES.read_text().strip() == "1"
 
 
+VERSION_ASK_TIMEOUT_S = 5.0
+
+
+def control_plane_running(config: ClusterConfig, domains: tuple[StackDomain, ...] | None) -> bool:
+    return any(d.name == config.control_plane.libvirt_name and d.running for d in domains or ())
+
+
+def api_server_version(api_endpoint: str) -> str | None:
+    """gitVersion (without the v) from the API server's `/version`.
+
+    The version is public (kubeadm binds system:public-info-viewer to everyone) and only decides a
+    refusal, so the answer is read without the cluster CA, which the host may not hold yet."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(f"{api_endpoint}/version", context=context, timeout=VERSION_ASK_TIMEOUT_S) as answer:
+        version = json.load(answer).get("gitVersion")
+    return str(version).removeprefix("v") if version else None
+
+
+def releases_built(directory: Path) -> tuple[str, ...]:
+    """Every release `make release` finished in `directory` (its release.json is written last)."""
+    found = (p.parent.name.removeprefix("v") for p in directory.glob("v*/release.json"))
+    return tuple(sorted(found))
+
+
 def gather_host_facts(config: ClusterConfig) -> HostFacts:
     """Read everything `check` needs from this machine and libvirt; never raises, never hangs (virsh timeouts)."""
     started = time.monotonic()
@@ -687,6 +721,11 @@ def gather_host_facts(config: ClusterConfig) -> HostFacts:
         disk_free_mib=free,
         host_routes=local(_host_routes),
         bridge_nf_call_iptables=local(_bridge_nf_call_iptables),
+        cluster_version=_safe(
+            lambda: api_server_version(config.api_endpoint) if control_plane_running(config, view.domains) else None,
+            None,
+        ),
+        releases_built=_safe(lambda: releases_built(Path(config.releases_dir)), None),
         gather_seconds=round(time.monotonic() - started, 3),
     )
 

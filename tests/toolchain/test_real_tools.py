@@ -83,12 +83,52 @@ def test_kubeadm_prints_the_pinned_version(kubeadm: Path) -> None:
 def test_kubeadm_accepts_every_rendered_config(
     kubeadm: Path, rendered_kubeadm: dict[str, list[Path]], name: str
 ) -> None:
-    configs = rendered_kubeadm[name]
+    configs = [p for p in rendered_kubeadm[name] if p.name != UPGRADE_CONFIG]
     workers = {"air": 3, "workers5": 5, "solo": 0, "e2e": 1}[name]
     assert len(configs) == 1 + workers  # one init config and one join config per worker
     for config in configs:
         done = kubeadm_validate(kubeadm, config)
         assert done.returncode == 0, f"{config.name}: {done.stderr}"
+
+
+UPGRADE_CONFIG = "upgrade-config.yaml"
+
+
+def kubeadm_reads_upgrade_config(kubeadm: Path, config: Path) -> subprocess.CompletedProcess[str]:
+    """`kubeadm config validate` passes any UpgradeConfiguration unread (tried: unknown fields, a bad
+    duration); `upgrade apply --dry-run` decodes and validates it as the real upgrade will, then stops
+    at the first phase that needs this machine to be a control plane."""
+    args = [str(kubeadm), "upgrade", "apply", "--config", str(config), "--dry-run", "--yes"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+
+
+def upgrade_config_refused(done: subprocess.CompletedProcess[str]) -> bool:
+    said = done.stdout + done.stderr
+    return "error unmarshaling" in said or "[upgrade] Reading configuration" not in said
+
+
+@pytest.mark.parametrize("name", ["air", "e2e"])
+def test_kubeadm_reads_the_rendered_upgrade_config(
+    kubeadm: Path, rendered_kubeadm: dict[str, list[Path]], name: str
+) -> None:
+    (config,) = (p for p in rendered_kubeadm[name] if p.name == UPGRADE_CONFIG)
+    done = kubeadm_reads_upgrade_config(kubeadm, config)
+    assert not upgrade_config_refused(done), done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("  imagePullPolicy: IfNotPresent", "  imagePullPolicy: IfNotPresent\n  bogus: 1"), ('"20m0s"', '"abc"')],
+)
+def test_kubeadm_refuses_a_broken_upgrade_config(
+    kubeadm: Path, rendered_kubeadm: dict[str, list[Path]], tmp_path: Path, old: str, new: str
+) -> None:
+    (config,) = (p for p in rendered_kubeadm["e2e"] if p.name == UPGRADE_CONFIG)
+    text = config.read_text()
+    assert old in text
+    broken = tmp_path / UPGRADE_CONFIG
+    broken.write_text(text.replace(old, new, 1))
+    assert upgrade_config_refused(kubeadm_reads_upgrade_config(kubeadm, broken))
 
 
 @pytest.mark.parametrize(
