@@ -162,5 +162,7 @@ e2e: dev-deps ## a real `pulumi up` of the e2e stack: the cluster's checks, a se
 conformance: ## make e2e with upstream's conformance focus (tools/conformance.py) run on the live cluster before the second up
 	$(MAKE) --no-print-directory e2e E2E_SELECT="e2e and not lifecycle"
 
-e2e-lifecycle: ## make e2e plus the conformance focus, scaling, a worker rebuilt, a VM deleted by hand, keepBaseImage across destroy, an up killed in kubeadm init (~75 min)
+e2e-lifecycle: ## make e2e plus the conformance focus, scaling, resizes, upgrades 1.34.2 -> 1.34.4 -> 1.35.4, a worker rebuilt, a VM deleted by hand, keepBaseImage across destroy, an up killed in kubeadm init
+	$(MAKE) --no-print-directory release VERSION=1.34.4
+	$(MAKE) --no-print-directory release VERSION=1.35.4
 	$(MAKE) --no-print-directory e2e E2E_SELECT=e2e

@@ -13,6 +13,7 @@ deleted by hand, keepBaseImage across destroy, an up killed during kubeadm init)
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import shlex
 import subprocess
@@ -118,8 +119,8 @@ def nodes_ready(e2e: E2EStack, expected: list[str]) -> str | None:
         if not ready(node):
             return f"{node['metadata']['name']} not Ready"
         version = node["status"]["nodeInfo"]["kubeletVersion"]
-        if version != K8S_VERSION:
-            return f"{node['metadata']['name']} runs {version}, want {K8S_VERSION}"
+        if version != RUNNING["version"]:
+            return f"{node['metadata']['name']} runs {version}, want {RUNNING['version']}"
     return None
 
 
@@ -528,6 +529,52 @@ def test_the_resized_control_plane_reboots_on_its_disk_and_keeps_every_object(e2
     assert_cluster_works(e2e, workers=2)
     again = e2e.pulumi("up-after-control-plane-resize", "up", "--yes")
     assert only_unchanged(changes(again)), changes(again)
+
+
+# The version the cluster runs: the pinned one until the upgrade steps below.
+RUNNING = {"version": K8S_VERSION}
+# Issue 23 item 5: a patch release, then the next minor (each built by `make release`).
+UPGRADES = ("1.34.4", "1.35.4")
+
+
+def node_versions(e2e: E2EStack) -> dict[str, tuple[str, str]]:
+    items = e2e.kubectl_json("get", "nodes")["items"]
+    return {n["metadata"]["name"]: (n["metadata"]["uid"], n["status"]["nodeInfo"]["kubeletVersion"]) for n in items}
+
+
+@pytest.mark.lifecycle
+@pytest.mark.parametrize("version", UPGRADES)
+def test_kubernetes_upgrades_in_place_node_by_node(e2e: E2EStack, version: str) -> None:
+    """Issue 23 items 1 and 5: a new kubernetesVersion is kubeadm's upgrade, the control plane first,
+    then one worker at a time; the preview shows updates only; the same Nodes, a ConfigMap made
+    before is there, and the next up and preview change nothing."""
+    configmap = f"made-before-{version}"
+    e2e.kubectl("create", "configmap", configmap, "-n", NAMESPACE, "--from-literal=kept=yes")
+    before = node_versions(e2e)
+    e2e.set_config("kubernetesVersion", version)
+    preview = e2e.pulumi(f"preview-upgrade-{version}", "preview")
+    assert not planned(preview, REPLACING), planned(preview, REPLACING)
+    assert any(u.endswith("::kube-on-air-upgrade-head10") for u in planned(preview, {"update"}))
+    record = e2e.pulumi(f"up-upgrade-{version}", "up", "--yes")
+    assert not planned(record, REPLACING), planned(record, REPLACING)
+    RUNNING["version"] = f"v{version}"
+    after = node_versions(e2e)
+    assert after == {name: (uid, f"v{version}") for name, (uid, _) in before.items()}, (before, after)
+    spans = step_times(record)
+    steps = {name: span(spans, f"kube-on-air-upgrade-{name}", "update") for name in before}
+    workers = sorted((n for n in before if n != CONTROL_PLANE), key=lambda n: steps[n][0])
+    assert all(steps[CONTROL_PLANE][1] <= steps[w][0] for w in workers), steps
+    for first, second in itertools.pairwise(workers):
+        assert steps[first][1] <= steps[second][0], ("two workers upgraded at once", steps)
+    REPORT.setdefault("upgrades", {})[version] = {
+        "up_seconds": round(record.seconds, 1),
+        "per_node_seconds": {name: round(end - start, 1) for name, (start, end) in steps.items()},
+    }
+    assert e2e.kubectl("get", "configmap", configmap, "-n", NAMESPACE, "-o", "jsonpath={.data.kept}") == "yes"
+    assert_cluster_works(e2e, workers=len(workers))
+    again = e2e.pulumi(f"up-after-upgrade-{version}", "up", "--yes")
+    assert only_unchanged(changes(again)), changes(again)
+    e2e.pulumi(f"preview-after-upgrade-{version}", "preview", "--expect-no-changes")
 
 
 @pytest.mark.lifecycle
