@@ -438,6 +438,7 @@ def upgrade_config(config: ClusterConfig) -> str:
         kubernetes_version=config.kubernetes_version,
         patches_directory=PATCHES_DIRECTORY if static_pod_patches(config) else "",
         timeouts=timeouts,
+        ignore_preflight_errors=config.tolerances.upgrade_ignore_preflight_errors,
     )
 
 

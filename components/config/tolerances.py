@@ -57,6 +57,9 @@ class Tolerances:
     # A resize on the emulated e2e stack drained for 120 s and did not finish (its API server was busy
     # with the moving pods); the VM then stops with the pods left on it.
     drain_timeout_seconds: int
+    # kubeadm upgrade apply's preflight checks made non-fatal. Its CreateJob check gives a Job a fixed
+    # 15 s to complete, which an emulated node's pod start exceeds (seen on the e2e stack).
+    upgrade_ignore_preflight_errors: tuple[str, ...]
     # How long `pulumi up` waits for the kube-router DaemonSet to be ready everywhere.
     cni_await_seconds: int
     # Before the Kubernetes provider starts: /readyz must answer this many times in a row, this far apart.
@@ -90,6 +93,7 @@ HARDWARE = Tolerances(
     connectivity_probe=Probe(initial_delay_seconds=0, period_seconds=5, timeout_seconds=5, failure_threshold=3),
     connect_timeout="3s",
     drain_timeout_seconds=120,
+    upgrade_ignore_preflight_errors=(),
     cni_await_seconds=600,
     api_steady_checks=3,
     api_steady_interval_seconds=2,
@@ -119,6 +123,7 @@ EMULATED = Tolerances(
     connectivity_probe=Probe(initial_delay_seconds=0, period_seconds=20, timeout_seconds=45, failure_threshold=3),
     connect_timeout="20s",
     drain_timeout_seconds=600,
+    upgrade_ignore_preflight_errors=("CreateJob",),
     cni_await_seconds=1800,
     api_steady_checks=10,
     api_steady_interval_seconds=3,
