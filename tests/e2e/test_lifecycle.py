@@ -308,8 +308,14 @@ def test_kubectl_top_has_figures_for_every_node(e2e: E2EStack) -> None:
             e2e, name, f"sudo openssl verify -CAfile {CLUSTER_CA} /var/lib/kubelet/pki/kubelet-server-current.pem"
         )
         assert verdict.strip().endswith(": OK"), verdict
-    top_pods = e2e.kubectl("top", "pods", "-n", NAMESPACE, "--no-headers")
-    assert "kuard" in top_pods, top_pods
+
+    # metrics-server leaves out a pod whose last scrape was incomplete (seen in a fresh-clone run:
+    # kuard, dnstools and stateful-0 absent once, all there on the next scrapes of a busy emulated worker).
+    def kuard_missing() -> str | None:
+        top_pods = e2e.kubectl("top", "pods", "-n", NAMESPACE, "--no-headers")
+        return None if "kuard" in top_pods else f"no figures for kuard in {top_pods!r}"
+
+    wait_for("kubectl top pods with kuard", kuard_missing, timeout=180, every=15)
 
 
 def host_get(url: str) -> str:
