@@ -154,6 +154,11 @@ def fake_kubeadm(directory: Path, listed: list[str]) -> Path:
     return kubeadm
 
 
+def listed_by(directory: Path, listed: list[str], version: str) -> dict[str, str]:
+    """What build_release reads from the release's kubeadm: image name -> tag."""
+    return build.images_kubeadm_expects(fake_kubeadm(directory, listed), f"v{version}")
+
+
 def toolchain_with(directory: Path, refs: list[str]) -> Path:
     images = directory / "pieces" / "images"
     images.mkdir(parents=True)
@@ -166,9 +171,9 @@ CORE_1_34 = ["registry.k8s.io/etcd:3.6.5-0", "registry.k8s.io/coredns/coredns:v1
 
 def test_a_release_builds_its_own_kubernetes_images_and_reuses_the_toolchains_others(tmp_path: Path) -> None:
     kube = [f"registry.k8s.io/{c}:v1.34.4" for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")]
-    fake_kubeadm(tmp_path / "release", [*kube, "registry.k8s.io/kube-proxy:v1.34.4", *CORE_1_34])
+    wanted = listed_by(tmp_path / "release", [*kube, "registry.k8s.io/kube-proxy:v1.34.4", *CORE_1_34], "1.34.4")
     core = toolchain_with(tmp_path / "core", CORE_1_34)
-    images = releases.release_images(tmp_path / "release", "1.34.4", core)
+    images = releases.release_images("1.34.4", wanted, core)
     assert sorted(i.ref for i in images) == sorted([*kube, "registry.k8s.io/kube-proxy:v1.34.4"])
     proxy = next(i for i in images if "kube-proxy" in i.ref)
     assert proxy.debian_packages == build.PROXY_PACKAGES  # iptables and ipset, as the toolchain's
@@ -176,14 +181,15 @@ def test_a_release_builds_its_own_kubernetes_images_and_reuses_the_toolchains_ot
 
 def test_a_new_minors_etcd_and_coredns_are_built_for_its_release(tmp_path: Path) -> None:
     wanted = ["registry.k8s.io/etcd:3.6.6-0", "registry.k8s.io/coredns/coredns:v1.13.1"]
-    fake_kubeadm(tmp_path / "release", ["registry.k8s.io/kube-apiserver:v1.35.4", *wanted, CORE_1_34[2]])
+    apiserver = "registry.k8s.io/kube-apiserver:v1.35.4"
+    listed = listed_by(tmp_path / "release", [apiserver, *wanted, CORE_1_34[2]], "1.35.4")
     core = toolchain_with(tmp_path / "core", CORE_1_34)
-    images = releases.release_images(tmp_path / "release", "1.35.4", core)
+    images = releases.release_images("1.35.4", listed, core)
     assert {i.ref for i in images} >= set(wanted) and CORE_1_34[2] not in {i.ref for i in images}
 
 
 def test_a_release_whose_kubeadm_wants_a_pause_the_toolchain_lacks_is_refused(tmp_path: Path) -> None:
-    fake_kubeadm(tmp_path / "release", [*CORE_1_34[:2], "registry.k8s.io/pause:3.10.2"])
+    listed = listed_by(tmp_path / "release", [*CORE_1_34[:2], "registry.k8s.io/pause:3.10.2"], "1.36.1")
     core = toolchain_with(tmp_path / "core", CORE_1_34)
     with pytest.raises(build.Unavailable, match=re.escape("registry.k8s.io/pause:3.10.2")):
-        releases.release_images(tmp_path / "release", "1.36.1", core)
+        releases.release_images("1.36.1", listed, core)

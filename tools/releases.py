@@ -45,10 +45,9 @@ def is_built(version: str) -> bool:
 BUILDS = {"etcd": toolchain.build_etcd, "coredns": toolchain.build_coredns}
 
 
-def release_images(home: Path, version: str, core: Path) -> list[toolchain.Image]:
+def release_images(version: str, wanted: dict[str, str], core: Path) -> list[toolchain.Image]:
     """The images to build for this release: its own Kubernetes images, and the others its kubeadm
-    names that the core toolchain does not hold already."""
-    wanted = toolchain.images_kubeadm_expects(home / "pieces" / "kubernetes" / "kubeadm", f"v{version}")
+    names (`wanted`: image name -> tag) that the core toolchain does not hold already."""
     k8s = f"v{version}"
     images = [
         toolchain.Image(f"registry.k8s.io/{c}:{k8s}", f"kubernetes/{c}", f"/usr/local/bin/{c}", False)
@@ -110,12 +109,12 @@ def build_release(version: str, core: Path) -> dict[str, object]:
         source = toolchain.build_kubernetes(ctx, work / "kubernetes", out, f"v{version}")
         built.write_text(json.dumps({"source": source, "seconds": round(time.monotonic() - started)}) + "\n")
     source = json.loads(built.read_text())["source"]
-    images = release_images(home, version, core)
     ctx.versions = toolchain.images_kubeadm_expects(out / "kubeadm", f"v{version}")
+    images = release_images(version, ctx.versions, core)
     build_other_pieces(ctx, images, work)
     for image in images:
         toolchain.build_image(ctx, work / "images", images_out, image)
-    wanted = set(toolchain.images_kubeadm_expects(out / "kubeadm", f"v{version}").items())
+    wanted = set(ctx.versions.items())
     held = core_archives(core)
     # etcd, CoreDNS and pause as the toolchain made them, when this release's kubeadm names the same.
     shared = [ref for ref in held if tuple(ref.rsplit("/", 1)[1].split(":", 1)) in wanted]

@@ -461,7 +461,7 @@ def upgrade_worker_script(config: ClusterConfig, node: NodeSpec, host_keys: Mapp
     return render(
         "scripts/upgrade-worker.sh.j2",
         **_pinned_ssh(config, node, host_keys),
-        version=config.kubernetes_version,
+        version=version,
         admin_conf=ADMIN_CONF,
         ready_wait_seconds=config.tolerances.cni_await_seconds,
         take_out_of_service_script=take_out_of_service_script(config, node, host_keys).rstrip("\n"),
