@@ -7,8 +7,10 @@ A new `kubernetesVersion` is an upgrade of the running cluster, never a new one 
    the binaries in place at once: a worker added after an upgrade joins at the new version.
 2. `Upgrade`: the control plane (`kubeadm upgrade apply`, then its kubelet), then each worker in
    turn (drained, `kubeadm upgrade node`, its kubelet, back in service and at the new version before
-   the next). The scripts carry the version, so a new one is an update of these steps in the
-   engine's plan (`pulumi preview` shows them), and each is a no-op on a node already there.
+   the next), then the API gate once more: the API server restarted and the moved pods keep an
+   emulated one busy, and the next `up`'s Kubernetes provider loads its OpenAPI document first.
+   The scripts carry the version, so a new one is an update of these steps in the engine's plan
+   (`pulumi preview` shows them), and each is a no-op on a node already there.
 
 Which versions an upgrade accepts (forward, one minor at a time, from a release built on this host)
 is judged by the preflight before anything is registered (components/preflight/checks.py).
@@ -96,4 +98,11 @@ class Upgrade(pulumi.ComponentResource):
                     parent=self, depends_on=[*previous, self.control_plane, *args.workers[spec.name]]
                 ),
             )
-        self.register_outputs({"controlPlane": self.control_plane.id})
+        self.settled = remote.Command(
+            f"{name}-settled",
+            connection=args.access.connection(cp),
+            create=render.api_steady_script(config, f"after the upgrade to v{config.kubernetes_version}"),
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.control_plane, *self.workers.values()]),
+        )
+        self.register_outputs({"controlPlane": self.control_plane.id, "settled": self.settled.id})

@@ -143,7 +143,7 @@ SCRIPT_TEMPLATES: dict[str, Callable[[int, int, bool], int]] = {
     "join-worker.sh.j2": lambda n, w, p: w,
     "remove-worker.sh.j2": lambda n, w, p: w,
     "install-kubernetes.sh.j2": lambda n, w, p: 0 if p else n,
-    "api-steady.sh.j2": lambda n, w, p: 2,  # after init, and again after the add-ons' CRDs
+    "api-steady.sh.j2": lambda n, w, p: 3,  # after init, after the add-ons' CRDs, after an upgrade
     "install-serving-approver.sh.j2": lambda n, w, p: 1,
     "kubelet-serving.sh.j2": lambda n, w, p: n,
     "metallb-webhook-ready.sh.j2": lambda n, w, p: 1,  # every stack here has the default add-ons

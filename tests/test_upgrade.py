@@ -56,6 +56,15 @@ def test_each_worker_upgrades_after_the_control_plane_and_its_own_join(baked: Ev
         assert not any(f"kube-on-air-upgrade-{w}" in before for w in WORKERS if w != worker)
 
 
+def test_the_api_gate_runs_again_after_the_last_node_is_upgraded(baked: Evaluation, upgraded: Evaluation) -> None:
+    # The next `up`'s Kubernetes provider loads the OpenAPI document first, from an API server that
+    # restarted and serves the pods the drains moved.
+    settled = baked.named("kube-on-air-upgrade-settled")
+    assert {baked.named(f"kube-on-air-upgrade-{n}").urn for n in NODES} <= set(settled.dependencies)
+    assert "steady after the upgrade to v1.34.2" in settled.plain("create")
+    assert "steady after the upgrade to v1.34.4" in upgraded.named("kube-on-air-upgrade-settled").plain("create")
+
+
 def test_running_workers_take_their_upgrade_turns_in_order(ssh_key: Path) -> None:
     config = cluster_config(ssh_key, workerCount="3")
     names = [w.name for w in config.workers]
@@ -73,6 +82,7 @@ def test_a_new_version_updates_the_release_and_upgrade_steps_and_replaces_nothin
     assert changed == {
         *(f"{n}-release-staged" for n in NODES),
         *(f"kube-on-air-upgrade-{n}" for n in NODES),
+        "kube-on-air-upgrade-settled",
         # kubeadm init keeps its config file for reference; it does not run again (kubeadm-init.sh).
         "kube-on-air-control-plane-init",
     }

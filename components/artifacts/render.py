@@ -216,8 +216,10 @@ def kubeadm_init_script(config: ClusterConfig) -> str:
     )
 
 
-def api_steady_script(config: ClusterConfig) -> str:
-    return render("scripts/api-steady.sh.j2", **_api_watch(config))
+def api_steady_script(config: ClusterConfig, occasion: str = "") -> str:
+    """The API gate; `occasion` (e.g. "after the upgrade to v1.34.4") is said in its last line, so
+    a gate that belongs to one event runs again, as an update, when the event does."""
+    return render("scripts/api-steady.sh.j2", occasion=occasion, **_api_watch(config))
 
 
 def api_watch_program(config: ClusterConfig) -> str:
