@@ -46,4 +46,6 @@ def table(data: dict[str, Any]) -> str:
     for key in (*singles, "conformance", "conformance_etcd_request_timeouts"):
         if key in data:
             lines.append(f"{key}: {data[key]}")
+    for version, upgrade in data.get("upgrades", {}).items():
+        lines.append(f"upgrade to {version}: " + ", ".join(f"{k} {v}" for k, v in upgrade.items()))
     return "\n".join(lines)

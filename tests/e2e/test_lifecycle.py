@@ -28,6 +28,7 @@ import pytest
 from components.localpath import VOLUME_ROOT
 from components.workloads import STATEFUL_LOG, STATEFUL_REPLICAS
 from tests.e2e.conftest import POOL, REPORT, leftovers, pool_volumes
+from tests.e2e.probe import HostProbe
 from tests.e2e.stack import CommandRecord, E2EStack, changes, step_times
 from tests.vm import libvirt_host as lh
 from tools import conformance, timeline
@@ -548,6 +549,20 @@ def node_versions(e2e: E2EStack) -> dict[str, tuple[str, str]]:
     return {n["metadata"]["name"]: (n["metadata"]["uid"], n["status"]["nodeInfo"]["kubeletVersion"]) for n in items}
 
 
+def kuard_pods(e2e: E2EStack) -> dict[str, str]:
+    """kuard's pods: UID -> node."""
+    return {p["metadata"]["uid"]: p["spec"].get("nodeName", "") for p in pods(e2e, NAMESPACE, "app=kuard")}
+
+
+def pod_fate(before: dict[str, str], after: dict[str, str]) -> str:
+    """What became of a workload's pods across a step, in words for the report."""
+    kept = sorted(set(before) & set(after))
+    if kept and len(kept) == len(before) == len(after):
+        return "kept on " + ", ".join(after[uid] for uid in kept)
+    made = sorted(set(after) - set(before))
+    return f"recreated: {len(made)} new pod(s) on " + ", ".join(after[uid] or "no node yet" for uid in made)
+
+
 @pytest.mark.lifecycle
 @pytest.mark.parametrize("version", UPGRADES)
 def test_kubernetes_upgrades_in_place_node_by_node(e2e: E2EStack, version: str) -> None:
@@ -561,7 +576,9 @@ def test_kubernetes_upgrades_in_place_node_by_node(e2e: E2EStack, version: str) 
     preview = e2e.pulumi(f"preview-upgrade-{version}", "preview")
     assert not planned(preview, REPLACING), planned(preview, REPLACING)
     assert any(u.endswith("::kube-on-air-upgrade-head10") for u in planned(preview, {"update"}))
-    record = e2e.pulumi(f"up-upgrade-{version}", "up", "--yes")
+    kuard_before, kuard_url = kuard_pods(e2e), e2e.output("kuardUrl")
+    with HostProbe(lambda: kuard_from_the_host(kuard_url)) as kuard:
+        record = e2e.pulumi(f"up-upgrade-{version}", "up", "--yes")
     assert not planned(record, REPLACING), planned(record, REPLACING)
     RUNNING["version"] = f"v{version}"
     after = node_versions(e2e)
@@ -575,6 +592,8 @@ def test_kubernetes_upgrades_in_place_node_by_node(e2e: E2EStack, version: str) 
     REPORT.setdefault("upgrades", {})[version] = {
         "up_seconds": round(record.seconds, 1),
         "per_node_seconds": {name: round(end - start, 1) for name, (start, end) in steps.items()},
+        "kuard_from_host": kuard.outages.summary(),
+        "kuard_pod": pod_fate(kuard_before, kuard_pods(e2e)),
     }
     assert e2e.kubectl("get", "configmap", configmap, "-n", NAMESPACE, "-o", "jsonpath={.data.kept}") == "yes"
     assert_cluster_works(e2e, workers=len(workers))
