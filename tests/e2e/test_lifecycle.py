@@ -624,7 +624,8 @@ def test_scale_down_drains_and_deletes_the_node_before_its_vm(e2e: E2EStack) -> 
 def test_a_worker_rebuilt_on_a_new_disk_rejoins_past_its_old_node(e2e: E2EStack) -> None:
     """Issue 15 item 1 for real: `pulumi up --replace` on a worker's disk gives a new machine under the
     old name, whose join meets the old machine's Node, still Ready for the node monitor's ~40 s; the
-    join step deletes it first, so kubeadm does not refuse the name, and a new Node registers."""
+    join step deletes it first, so kubeadm does not refuse the name, and a new Node registers, at the
+    version the upgrades above brought the cluster to (its node image holds the pinned one)."""
     before = node_uid(e2e, "work11")
     disk = next(r["urn"] for r in e2e.resources() if r["urn"].endswith("::work11-disk"))
     record = e2e.pulumi("up-worker-new-disk", "up", "--yes", "--replace", disk)
@@ -633,6 +634,8 @@ def test_a_worker_rebuilt_on_a_new_disk_rejoins_past_its_old_node(e2e: E2EStack)
     assert not any(name.startswith("head10") for name in replaced), replaced
     assert_cluster_works(e2e, workers=1)
     assert node_uid(e2e, "work11") != before, "work11 kept its old Node: the new machine did not join"
+    # Issue 23 item 1: a new machine after the upgrades joins at the cluster's version, not its image's.
+    assert node_versions(e2e)["work11"][1] == RUNNING["version"], node_versions(e2e)
 
 
 @pytest.mark.lifecycle
