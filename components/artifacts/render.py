@@ -183,7 +183,6 @@ def kubeadm_config(config: ClusterConfig) -> str:
         etcd_args=_etcd_args(config),
         leader_election=config.tolerances.leader_election,
         runtime_request_timeout=config.tolerances.kubelet_runtime_request_timeout,
-        request_timeout=_api_server_request_timeout(config),
         advertise_address=cp.ip,
         node_name=cp.name,
         untaint_control_plane=not config.workers,
@@ -193,13 +192,6 @@ def kubeadm_config(config: ClusterConfig) -> str:
         service_cidr=config.service_cidr,
         cert_sans=[cp.name, config.fqdn(cp), cp.ip],
     )
-
-
-def _api_server_request_timeout(config: ClusterConfig) -> str:
-    """The API server's --request-timeout: the provider's own timeout where one is set (slow hosts),
-    else kube-apiserver's default."""
-    seconds = config.tolerances.kubernetes_client_timeout_seconds
-    return f"{seconds}s" if seconds else ""
 
 
 def join_config(config: ClusterConfig, node: NodeSpec, token: str, ca_cert_hash: str) -> str:
