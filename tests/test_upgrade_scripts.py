@@ -184,4 +184,3 @@ def test_a_control_plane_cut_short_in_kubeadm_upgrade_apply_applies_again(contro
     assert again.returncode == 0, again.stderr
     assert len(control_plane.calls("kubeadm")) == 2
     assert control_plane.calls("systemctl") == ["daemon-reload", "restart kubelet"]
-
