@@ -209,7 +209,8 @@ class MetalLBArgs:
 
 
 class MetalLB(pulumi.ComponentResource):
-    """MetalLB, its controller awaited until its webhook serves, then the pool and its announcement.
+    """MetalLB: its pool and announcement, then the webhook judging them, the controller awaited until
+    that webhook serves, the speaker.
 
     Depend on it before registering a LoadBalancer Service that must get an address."""
 
@@ -239,15 +240,38 @@ class MetalLB(pulumi.ComponentResource):
             ),
             opts=inside,
         )
+        # The pool and its announcement are stored before the webhook that judges them is registered:
+        # every create through it is cut at kube-apiserver's 34 s, and under emulation the webhook's
+        # answer took most of that (make e2e's first up failed the pool, then the advertisement).
+        pool = pool_manifest(args.address_range)
+        stored = pulumi.ResourceOptions.merge(inside, pulumi.ResourceOptions(depends_on=[self.crds]))
+        self.pool = CustomResource(
+            f"{name}-pool",
+            api_version=pool["apiVersion"],
+            kind=pool["kind"],
+            metadata=ObjectMetaArgs(name=pool["metadata"]["name"], namespace=pool["metadata"]["namespace"]),
+            spec=pool["spec"],
+            opts=stored,
+        )
+        self.advertisement = CustomResource(
+            f"{name}-l2",
+            api_version="metallb.io/v1beta1",
+            kind="L2Advertisement",
+            metadata=ObjectMetaArgs(name=POOL, namespace=NAMESPACE),
+            spec={"ipAddressPools": [POOL]},
+            opts=pulumi.ResourceOptions.merge(stored, pulumi.ResourceOptions(depends_on=[self.pool])),
+        )
         self.webhooks = ValidatingWebhookConfiguration(
             f"{name}-webhooks",
             metadata=ObjectMetaArgs(name=WEBHOOK_CONFIGURATION),
             webhooks=_webhooks(args.webhook_timeout_seconds),
-            opts=child,
+            opts=pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(depends_on=[self.pool, self.advertisement])
+            ),
         )
         self.controller = Deployment(
             f"{name}-controller",
-            # Awaited: Ready only once its webhook serves with the caBundle injected, which the pool needs.
+            # Awaited: Ready only once its webhook serves, with the caBundle it injects itself.
             metadata=ObjectMetaArgs(name="controller", namespace=NAMESPACE, labels=CONTROLLER_LABELS),
             spec=DeploymentSpecArgs(
                 revision_history_limit=3,
@@ -282,36 +306,17 @@ class MetalLB(pulumi.ComponentResource):
                 inside, pulumi.ResourceOptions(depends_on=[self.crds, self.excluded, self.controller, *grants])
             ),
         )
-        # Both are judged by the controller's webhook (failurePolicy Fail): a Ready controller is not
-        # yet a reachable webhook, so the gate waits until the webhook admits this very pool.
-        pool = pool_manifest(args.address_range)
+        # A Ready controller is not yet a webhook the API server reaches through its Service: `up` ends
+        # once the webhook admits this very pool, so a user's own pools and a changed range are judged.
         self.webhook_ready = remote.Command(
             f"{name}-webhook-ready",
             connection=args.access.connection(args.control_plane),
             create=render.metallb_webhook_ready_script(pool),
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[self.crds, self.controller, self.webhook_service, self.webhooks]
+                parent=self,
+                depends_on=[self.crds, self.controller, self.webhook_service, self.webhooks, self.advertisement],
             ),
-        )
-        configured = pulumi.ResourceOptions.merge(
-            inside, pulumi.ResourceOptions(depends_on=[self.crds, self.controller, self.webhook_ready])
-        )
-        self.pool = CustomResource(
-            f"{name}-pool",
-            api_version=pool["apiVersion"],
-            kind=pool["kind"],
-            metadata=ObjectMetaArgs(name=pool["metadata"]["name"], namespace=pool["metadata"]["namespace"]),
-            spec=pool["spec"],
-            opts=configured,
-        )
-        self.advertisement = CustomResource(
-            f"{name}-l2",
-            api_version="metallb.io/v1beta1",
-            kind="L2Advertisement",
-            metadata=ObjectMetaArgs(name=POOL, namespace=NAMESPACE),
-            spec={"ipAddressPools": [POOL]},
-            opts=pulumi.ResourceOptions.merge(configured, pulumi.ResourceOptions(depends_on=[self.pool])),
         )
         self.register_outputs({"pool": args.address_range})
 
