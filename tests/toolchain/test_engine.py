@@ -24,11 +24,12 @@ pytestmark = pytest.mark.toolchain
 
 @pytest.fixture(scope="module")
 def libvirtd() -> Iterator[None]:
-    """Preflight asks libvirtd; started here (no systemd) unless it already answers, stopped after."""
+    """Preflight asks libvirtd; started here (no systemd) unless it already answers, stopped after.
+    The host is made as the preflight's advice says for the run, as make e2e does."""
     missing = lh.missing_tools()
     if missing:
         pytest.fail(f"the engine test needs libvirt: apt-get install {lh.APT_PACKAGES}")
-    with lh.LibvirtHost(), lh.kvm_device_for_qemu():
+    with lh.LibvirtHost(), lh.kvm_device_for_qemu(), lh.bridged_frames_past_iptables():
         yield
 
 
