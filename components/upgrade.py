@@ -101,7 +101,10 @@ class Upgrade(pulumi.ComponentResource):
         self.settled = remote.Command(
             f"{name}-settled",
             connection=args.access.connection(cp),
-            create=render.api_steady_script(config, f"after the upgrade to v{config.kubernetes_version}"),
+            # Made with the cluster, nothing was upgraded: the gate's watch and its OpenAPI fetches
+            # would only load an API server busy with the first pods (make e2e's first up: 453 s).
+            create=render.upgrade_settled_new_script(config),
+            update=render.api_steady_script(config, f"after the upgrade to v{config.kubernetes_version}"),
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.control_plane, *self.workers.values()]),
         )

@@ -157,6 +157,7 @@ SCRIPT_TEMPLATES: dict[str, Callable[[int, int, bool], int]] = {
     "upgrade-control-plane.sh.j2": lambda n, w, p: 1,
     "upgrade-worker.sh.j2": lambda n, w, p: w,
     "upgrade-node.sh.j2": lambda n, w, p: w,
+    "upgrade-settled-new.sh.j2": lambda n, w, p: 1,
 }
 
 

@@ -222,6 +222,11 @@ def api_steady_script(config: ClusterConfig, occasion: str = "") -> str:
     return render("scripts/api-steady.sh.j2", occasion=occasion, **_api_watch(config))
 
 
+def upgrade_settled_new_script(config: ClusterConfig) -> str:
+    """What the gate after an upgrade does when its step is made with the cluster: nothing."""
+    return render("scripts/upgrade-settled-new.sh.j2", kubernetes_version=config.kubernetes_version)
+
+
 def api_watch_program(config: ClusterConfig) -> str:
     """The python3 program both scripts above put on the control plane (its `watch` and `gate`)."""
     return render("scripts/lib/api-watch.py.j2", **_api_watch(config))
