@@ -202,7 +202,15 @@ class Cluster(pulumi.ComponentResource):
         if config.workloads:
             self.workloads = Workloads(
                 f"{name}-workloads",
-                WorkloadsArgs(config, self.kubernetes, self.cni, joined, self.local_path, self.metallb),
+                WorkloadsArgs(
+                    config,
+                    self.kubernetes,
+                    self.cni,
+                    joined,
+                    self.local_path,
+                    self.metallb,
+                    platform=[a for a in (self.local_path, self.metrics_server, self.metallb) if a is not None],
+                ),
                 pulumi.ResourceOptions(parent=self),
             )
         self.clock = PhaseClock(f"{name}-phases", PhaseClockArgs(self._phases()), pulumi.ResourceOptions(parent=self))

@@ -99,6 +99,9 @@ class WorkloadsArgs:
     storage: pulumi.Resource | None = None
     # The pool and its announcement (the metallb add-on): kuard is then reachable from the host.
     load_balancer: pulumi.Resource | None = None
+    # Every add-on, Ready: the workloads' pods start after theirs, so an emulated control plane never
+    # serves both crowds at once (make e2e's first up lost a create to the API server's 34 s there).
+    platform: Sequence[pulumi.Resource] = ()
 
 
 def one_per_node(labels: dict[str, str]) -> AffinityArgs:
@@ -156,7 +159,7 @@ class Workloads(pulumi.ComponentResource):
         self.namespace = Namespace(
             f"{name}-ns",
             metadata=ObjectMetaArgs(name=NAMESPACE),
-            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.cni]),
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[args.cni, *args.platform]),
         )
         child = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[self.namespace])
         # One replica per worker; with no workers the control plane is untainted and takes one.

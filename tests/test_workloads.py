@@ -203,3 +203,14 @@ def test_only_the_connectivity_probe_is_awaited_with_the_configured_timeout(ssh_
     assert air.named("kube-on-air-workloads-probe").custom_timeouts == {"create": "600s", "update": "600s"}
     quick = evaluate("air", air_config(ssh_key, connectivityTimeoutSeconds="90"))
     assert quick.named("kube-on-air-workloads-probe").custom_timeouts == {"create": "90s", "update": "90s"}
+
+
+def test_the_workloads_start_once_every_add_on_is_ready(air: Evaluation) -> None:
+    # Their pods and the add-ons' at once overloaded the emulated API server (a create cut at 34 s).
+    add_ons = {"kube-on-air-metallb-webhook-ready", "kube-on-air-metrics-server-deployment"}
+    add_ons |= {"kube-on-air-local-path-provisioner", "kube-on-air-metallb-speaker"}
+    for workload in air.of_type("kubernetes:apps/v1:Deployment") + air.of_type("kubernetes:apps/v1:StatefulSet"):
+        if not workload.name.startswith("kube-on-air-workloads-"):
+            continue
+        waits_for = {air.by_urn[u].name for u in air.transitive_dependencies(workload) if u in air.by_urn}
+        assert add_ons <= waits_for, (workload.name, add_ons - waits_for)
