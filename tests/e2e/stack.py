@@ -260,3 +260,16 @@ def step_times(record: CommandRecord) -> dict[tuple[str, str], tuple[float, floa
 
 def toolchain_home() -> Path:
     return (toolchain.CACHE / "current").resolve()
+
+
+# kube-apiserver's own cut of a request (34 s for a create), which the Kubernetes provider does not
+# retry: under emulation a busy API server gives it now and then, and the docs say to run `up` again.
+API_SERVER_CUT = "request did not complete within requested timeout"
+
+
+def api_server_cuts(record: CommandRecord) -> list[str]:
+    """The errors of a failed pulumi command that are the API server's cut of a request."""
+    if record.returncode == 0:
+        return []
+    lines = Path(record.log).read_text(errors="replace").splitlines()
+    return sorted({line.strip()[:400] for line in lines if API_SERVER_CUT in line and "error:" in line})

@@ -29,7 +29,7 @@ from components.localpath import VOLUME_ROOT
 from components.workloads import STATEFUL_LOG, STATEFUL_REPLICAS
 from tests.e2e.conftest import POOL, REPORT, leftovers, pool_volumes
 from tests.e2e.probe import HostProbe
-from tests.e2e.stack import CommandRecord, E2EStack, changes, step_times
+from tests.e2e.stack import CommandRecord, E2EStack, api_server_cuts, changes, step_times, tail
 from tests.vm import libvirt_host as lh
 from tools import conformance, timeline
 
@@ -209,8 +209,14 @@ def only_unchanged(record_changes: dict[str, int]) -> bool:
 
 
 def test_first_up_builds_the_cluster(e2e: E2EStack) -> None:
-    record = e2e.pulumi("up-first", "up", "--yes")
-    assert record.returncode == 0
+    # Only for the API server's own cut of a request, the first up gets one more `up` (see
+    # api_server_cuts), as the docs tell a user; the report names what was cut.
+    record = e2e.pulumi("up-first", "up", "--yes", check=False)
+    cuts = api_server_cuts(record)
+    if cuts:
+        REPORT["first_up_cut_by_the_api_server"] = {"seconds": record.seconds, "errors": cuts}
+        record = e2e.pulumi("up-first-again", "up", "--yes", check=False)
+    assert record.returncode == 0, f"pulumi up exited {record.returncode}:\n{tail(Path(record.log))}"
     REPORT["phase_seconds"] = e2e.output("phaseSeconds")
     REPORT["resource_counts"] = resource_counts(e2e)
 
