@@ -33,7 +33,7 @@ PULUMI_UNREACHABLE := no pulumi on PATH and https://get.pulumi.com cannot be rea
   or on an offline host build it with: make toolchain
 
 # What `make test` runs outside the venv, as CHECK=Debian package (see tests/system-deps.sh).
-TEST_SYSTEM_DEPS := py:ensurepip=python3-venv ssh-keygen=openssh-client cloud-init=cloud-init virsh=libvirt-clients
+TEST_SYSTEM_DEPS := py:ensurepip=python3-venv ssh-keygen=openssh-client cloud-init=cloud-init virsh=libvirt-clients haproxy=haproxy keepalived=keepalived
 
 .PHONY: help up preview destroy clean ls kubeconfig env test test-deps test-vm lint render bench image plugins deps dev-deps pulumi-cli stack toolchain release test-toolchain e2e conformance e2e-lifecycle timeline
 # Prerequisites run in the order written: the system tool check before anything is installed.
