@@ -253,7 +253,7 @@ def machine_without_cloud_init(tmp_path: Path, uid: int, sudo_without_password: 
     for tool in ("bash", "env", "mktemp", "rm"):  # coreutils: on every machine
         (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
     (bin_dir / "python3").symlink_to(os.path.realpath(sys.executable))
-    for tool in ("ssh-keygen", "virsh"):
+    for tool in ("ssh-keygen", "virsh", "haproxy", "keepalived"):
         stand_in(bin_dir, tool, SUCCEEDS)
     stand_in(bin_dir, "id", STAND_IN_ID)
     stand_in(bin_dir, "sudo", STAND_IN_SUDO)
