@@ -158,7 +158,20 @@ def assert_cluster_works(e2e: E2EStack, workers: int) -> None:
     echo_nodes = {p["spec"]["nodeName"] for p in pods(e2e, NAMESPACE, "app=echo")}
     assert CONTROL_PLANE not in echo_nodes and echo_nodes, echo_nodes
     probe_here = next(p for p in pods(e2e, NAMESPACE, "app=probe") if p["spec"]["nodeName"] == CONTROL_PLANE)
-    exec_in(e2e, probe_here["metadata"]["name"], "/agnhost", "connect", f"{ECHO_SERVICE}:8080", "--timeout=10s")
+    # One connect timed out on a busy emulated host and passed three times by hand a minute later (the
+    # fresh-clone .ci/run of d09d374, 2026-12-08): a few tries, each failed one counted in the report.
+    failed: list[str] = []
+
+    def connects() -> str | None:
+        try:
+            exec_in(e2e, probe_here["metadata"]["name"], "/agnhost", "connect", f"{ECHO_SERVICE}:8080", "--timeout=10s")
+        except AssertionError as err:
+            failed.append(str(err))
+            raise
+        return None
+
+    wait_for(f"{CONTROL_PLANE}'s probe connects to the echo Service", connects, timeout=180, every=10)
+    REPORT["service_connect_failed_tries"] = len(failed)
 
     listed = e2e.output("nodes")
     assert [n["name"] for n in listed] == expected
